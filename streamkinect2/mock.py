@@ -1,0 +1,191 @@
+"""Support for a mock kinect when testing.
+
+Note: this module requires numpy.
+"""
+import logging
+import threading
+import time
+import uuid
+
+from blinker import Signal
+import numpy as np
+
+__all__ = ['DepthFrame', 'MockKinect', 'DEPTH_WIDTH', 'DEPTH_HEIGHT']
+
+log = logging.getLogger(__name__)
+
+#: Width of a Kinect v2 depth frame in pixels.
+DEPTH_WIDTH = 512
+#: Height of a Kinect v2 depth frame in pixels.
+DEPTH_HEIGHT = 424
+
+
+class DepthFrame(object):
+    """A single frame of depth data.
+
+    ``data``: Python buffer-like object pointing to raw frame data as a C-ordered
+    array of uint16 (a numpy array of shape ``(height, width)``).
+
+    ``shape``: pair giving the width and height of the depth frame.
+
+    Beyond the reference API a frame also carries ``sequence`` (the device's frame
+    counter), ``timestamp_ns`` / ``timestamp`` (host capture time in nanoseconds /
+    seconds since the UNIX epoch) and ``device_timestamp`` (the sensor's own clock, 0 if
+    it has none).
+    """
+
+    __slots__ = ('data', 'shape', 'sequence', 'timestamp_ns', 'device_timestamp')
+
+    def __init__(self, data, shape=None, sequence=0, timestamp_ns=None, device_timestamp=0):
+        """Wrap *data* (2-D uint16 array, or buffer with *shape* = (width, height))."""
+        array = np.asarray(data)
+        if shape is not None:
+            array = array.reshape(shape[1], shape[0])
+        if array.ndim != 2 or array.dtype != np.uint16:
+            raise ValueError('depth data must be a 2-D uint16 array, got {0} {1}'.format(
+                array.dtype, array.shape))
+        self.data = np.ascontiguousarray(array)
+        self.shape = (self.data.shape[1], self.data.shape[0])
+        self.sequence = int(sequence)
+        self.timestamp_ns = time.time_ns() if timestamp_ns is None else int(timestamp_ns)
+        self.device_timestamp = int(device_timestamp)
+
+    @property
+    def array(self):
+        """The pixels as a numpy array of shape ``(height, width)``, dtype uint16."""
+        return self.data
+
+    @property
+    def timestamp(self):
+        """Capture time in seconds since the UNIX epoch."""
+        return self.timestamp_ns * 1e-9
+
+    def __repr__(self):
+        """Describe the frame briefly."""
+        return '<DepthFrame {0}x{1} seq={2}>'.format(self.shape[0], self.shape[1],
+                                                      self.sequence)
+
+
+def _mock_scene():
+    """Return the static part of the mock scene, uint16 millimetres (424 x 512)."""
+    y, x = np.mgrid[0:DEPTH_HEIGHT, 0:DEPTH_WIDTH]
+    # A floor rising towards the camera, a far wall beyond 4095 mm, and holes.
+    scene = (1200 + (DEPTH_HEIGHT - y) * 12 + (x % 7)).astype(np.uint16)
+    wall = x > 360
+    scene[wall] = (7000 + (x[wall] - 360) * 6 + (y[wall] % 5)).astype(np.uint16)
+    scene[:, 500:] = 0                    # out of range: no reading
+    scene[200:210, 100:140] = 65535       # saturated reading
+    scene[50:60, 400:420] = 4095          # values either side of the old 12-bit limit
+    scene[60:70, 400:420] = 4096
+    return scene
+
+
+_SCENE = _mock_scene()
+_SCENE.setflags(write=False)
+
+
+class MockKinect(object):
+    """A mock Kinect device.
+
+    This class implements a "virtual" Kinect which generates mock data, about 30 frames
+    per second of 512x424 uint16 depth on its own thread. It can be used for testing or
+    benchmarking. Use :py:meth:`start` and :py:meth:`stop` or a ``with`` statement.
+
+    Listener callbacks are called on the device thread.
+
+    The frames are a deterministic function of the sequence number
+    (:py:meth:`render_frame`), so a receiver can check them byte for byte.
+    *fps* sets the frame rate; *unique_kinect_id* overrides the generated id;
+    *frame_source*, a callable taking the sequence number and returning a 2-D uint16
+    array, replaces the synthetic scene.
+    """
+
+    #: Signal emitted with keyword argument ``depth_frame`` for each new frame.
+    on_depth_frame = Signal()
+
+    def __init__(self, fps=30.0, unique_kinect_id=None, frame_source=None):
+        """Create a stopped mock device."""
+        if not fps > 0:
+            raise ValueError('fps must be positive, got {0!r}'.format(fps))
+        self.unique_kinect_id = unique_kinect_id or 'mock-' + uuid.uuid4().hex[:12]
+        self.fps = float(fps)
+        self._frame_source = frame_source or self.render_frame
+        self._thread = None
+        self._stop_event = threading.Event()
+        self._sequence = 0
+
+    @staticmethod
+    def render_frame(sequence):
+        """Return the mock frame for *sequence*: a new (424, 512) uint16 array."""
+        frame = _SCENE.copy()
+        # A box moving across the scene, 0.8 to 2.3 m away.
+        x0 = (sequence * 4) % (DEPTH_WIDTH - 80)
+        y0 = 120 + (sequence % 60)
+        frame[y0:y0 + 100, x0:x0 + 80] = 800 + (sequence * 25) % 1500
+        # The sequence number in the top-left pixels, 16 bits each, so a frame proves
+        # which capture it is.
+        frame[0, 0:4] = [(sequence >> shift) & 0xFFFF for shift in (0, 16, 32, 48)]
+        return frame
+
+    @staticmethod
+    def sequence_of(frame):
+        """Return the sequence number embedded in a frame from :py:meth:`render_frame`."""
+        row = np.asarray(frame)[0, 0:4].astype(np.uint64)
+        return int(row[0] | (row[1] << 16) | (row[2] << 32) | (row[3] << 48))
+
+    def start(self):
+        """Start the mock device running. Mock data is generated on a separate thread."""
+        if self._thread is not None:
+            log.warning('MockKinect %s already running', self.unique_kinect_id)
+            return
+        self._stop_event.clear()
+        self._thread = threading.Thread(
+            target=self._run, name='MockKinect-' + self.unique_kinect_id, daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        """Stop the device; blocks until the thread shuts down, one second at most."""
+        if self._thread is None:
+            log.warning('MockKinect %s not running', self.unique_kinect_id)
+            return
+        self._stop_event.set()
+        self._thread.join(1.0)
+        if self._thread.is_alive():
+            log.warning('MockKinect %s thread did not stop within 1 s',
+                        self.unique_kinect_id)
+        self._thread = None
+
+    @property
+    def is_running(self):
+        """True while the device thread runs."""
+        return self._thread is not None
+
+    def __enter__(self):
+        """Start the device."""
+        self.start()
+        return self
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        """Stop the device."""
+        self.stop()
+
+    def _run(self):
+        period = 1.0 / self.fps
+        next_time = time.monotonic()
+        while not self._stop_event.is_set():
+            sequence = self._sequence
+            self._sequence += 1
+            captured_ns = time.time_ns()
+            try:
+                pixels = self._frame_source(sequence)
+                frame = DepthFrame(pixels, sequence=sequence, timestamp_ns=captured_ns)
+                self.on_depth_frame.send(self, depth_frame=frame)
+            except Exception:  # a handler's bug must not kill the device thread
+                log.exception('Error delivering mock depth frame %d', sequence)
+            next_time += period
+            delay = next_time - time.monotonic()
+            if delay < -period:  # fell behind by more than a frame: do not burst
+                next_time = time.monotonic()
+                delay = 0
+            if delay > 0:
+                self._stop_event.wait(delay)

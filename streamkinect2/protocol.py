@@ -1,0 +1,185 @@
+"""Wire formats: control messages and depth frame messages.
+
+See ``docs/protocol.md`` for the specification these functions implement.
+"""
+import enum
+import json
+import struct
+
+from .common import PROTOCOL_VERSION, ProtocolError
+
+__all__ = [
+    'MessageType', 'encode_control', 'decode_control', 'FrameHeader', 'FRAME_MAGIC',
+    'FRAME_VERSION', 'FRAME_HEADER_SIZE', 'pack_frame_header', 'unpack_frame_header',
+    'MAX_CONTROL_BYTES', 'MAX_JSON_DEPTH', 'validate_me_payload',
+]
+
+#: Largest control message payload accepted, in bytes.
+MAX_CONTROL_BYTES = 64 * 1024
+#: Deepest nesting of JSON containers accepted in a control payload.
+MAX_JSON_DEPTH = 16
+
+
+class MessageType(enum.Enum):
+    """Control message types: the first frame of every control message is one byte."""
+
+    error = 0x00
+    ping = 0x01
+    pong = 0x02
+    who = 0x03
+    me = 0x04
+
+
+def encode_control(msg_type, payload=None):
+    """Return the list of frames for a control message of *msg_type* with *payload*."""
+    frames = [bytes((msg_type.value,))]
+    if payload is not None:
+        frames.append(json.dumps(payload, separators=(',', ':')).encode('utf8'))
+    return frames
+
+
+def _json_depth_ok(obj, limit):
+    # Iterative walk: bounded by the payload size, no recursion.
+    stack = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return False
+            values = item.values() if isinstance(item, dict) else item
+            stack.extend((v, depth + 1) for v in values)
+    return True
+
+
+def decode_control(frames):
+    """Decode a received control message into ``(MessageType, payload or None)``.
+
+    Raises :py:class:`ProtocolError` with a human-readable reason for anything
+    malformed: wrong frame count, unknown type byte, oversized, invalid UTF-8 or JSON,
+    or JSON nested deeper than :py:data:`MAX_JSON_DEPTH`.
+    """
+    frames = [bytes(f) if not isinstance(f, bytes) else f for f in frames]
+    if len(frames) not in (1, 2):
+        raise ProtocolError(
+            'control message must have 1 or 2 frames, got {0}'.format(len(frames)))
+    if len(frames[0]) != 1:
+        raise ProtocolError(
+            'first frame must be one type byte, got {0} bytes'.format(len(frames[0])))
+    try:
+        msg_type = MessageType(frames[0][0])
+    except ValueError:
+        raise ProtocolError('unknown message type 0x{0:02x}'.format(frames[0][0])) from None
+    if len(frames) == 1:
+        return msg_type, None
+    raw = frames[1]
+    if len(raw) > MAX_CONTROL_BYTES:
+        raise ProtocolError('payload too large ({0} > {1} bytes)'.format(
+            len(raw), MAX_CONTROL_BYTES))
+    try:
+        payload = json.loads(raw.decode('utf8'))
+    except UnicodeDecodeError:
+        raise ProtocolError('payload is not valid UTF-8') from None
+    except RecursionError:
+        raise ProtocolError('payload JSON nested too deeply') from None
+    except ValueError as err:
+        raise ProtocolError('payload is not valid JSON: {0}'.format(err)) from None
+    if not _json_depth_ok(payload, MAX_JSON_DEPTH):
+        raise ProtocolError('payload JSON nested deeper than {0}'.format(MAX_JSON_DEPTH))
+    return msg_type, payload
+
+
+def validate_me_payload(payload):
+    """Check a ``me`` payload and return it; raise :py:class:`ProtocolError` if invalid."""
+    if not isinstance(payload, dict):
+        raise ProtocolError('me payload must be a JSON object')
+    if payload.get('version') != PROTOCOL_VERSION:
+        raise ProtocolError('unsupported server protocol version {0!r}'.format(
+            payload.get('version')))
+    if not isinstance(payload.get('name'), str):
+        raise ProtocolError('me payload lacks a string "name"')
+    endpoints = payload.get('endpoints')
+    if not isinstance(endpoints, dict) or not isinstance(endpoints.get('control'), str):
+        raise ProtocolError('me payload lacks endpoints.control')
+    devices = payload.get('devices')
+    if not isinstance(devices, list):
+        raise ProtocolError('me payload lacks a "devices" list')
+    seen = set()
+    for device in devices:
+        if not isinstance(device, dict) or not isinstance(device.get('id'), str):
+            raise ProtocolError('device record lacks a string "id"')
+        dev_endpoints = device.get('endpoints')
+        if not isinstance(dev_endpoints, dict) or not isinstance(
+                dev_endpoints.get('depth', ''), str):
+            raise ProtocolError('device {0!r} has invalid endpoints'.format(device['id']))
+        if device['id'] in seen:
+            raise ProtocolError('duplicate device id {0!r}'.format(device['id']))
+        seen.add(device['id'])
+    return payload
+
+
+# ---------------------------------------------------------------------------------------
+# Depth frame messages
+
+#: First four bytes of every depth frame header.
+FRAME_MAGIC = b'SK2D'
+#: Version of the depth frame header layout.
+FRAME_VERSION = 1
+_HEADER = struct.Struct('<4sBBHHHIQqQI')
+#: Size in bytes of a version-1 frame header.
+FRAME_HEADER_SIZE = _HEADER.size
+
+
+class FrameHeader(tuple):
+    """Decoded depth frame header (a tuple with named fields)."""
+
+    __slots__ = ()
+    _fields = ('codec', 'width', 'height', 'flags', 'sequence', 'timestamp_ns',
+               'device_timestamp', 'payload_size')
+
+    def __new__(cls, codec, width, height, flags, sequence, timestamp_ns,
+                device_timestamp, payload_size):
+        """Build a header from its fields (see ``docs/protocol.md``)."""
+        return tuple.__new__(cls, (codec, width, height, flags, sequence, timestamp_ns,
+                                   device_timestamp, payload_size))
+
+    codec = property(lambda self: self[0], doc='codec id of the payload')
+    width = property(lambda self: self[1], doc='frame width in pixels')
+    height = property(lambda self: self[2], doc='frame height in pixels')
+    flags = property(lambda self: self[3], doc='reserved flags, 0')
+    sequence = property(lambda self: self[4], doc='frame sequence number')
+    timestamp_ns = property(lambda self: self[5], doc='capture time, ns since the epoch')
+    device_timestamp = property(lambda self: self[6], doc='device clock, 0 when none')
+    payload_size = property(lambda self: self[7], doc='payload length in bytes')
+
+
+def pack_frame_header(header):
+    """Return the bytes of a version-1 frame header for *header*."""
+    return _HEADER.pack(FRAME_MAGIC, FRAME_VERSION, header.codec, FRAME_HEADER_SIZE,
+                        header.width, header.height, header.flags,
+                        header.sequence & 0xFFFFFFFFFFFFFFFF, header.timestamp_ns,
+                        header.device_timestamp & 0xFFFFFFFFFFFFFFFF, header.payload_size)
+
+
+def unpack_frame_header(buf, max_pixels):
+    """Parse and validate a frame header from the bytes-like *buf*.
+
+    *max_pixels* bounds ``width * height``: a header may not ask the receiver to
+    allocate more than that. Raises :py:class:`ProtocolError` on anything invalid.
+    """
+    buf = memoryview(buf)
+    if len(buf) < FRAME_HEADER_SIZE:
+        raise ProtocolError('frame header too short ({0} bytes)'.format(len(buf)))
+    (magic, version, codec, header_size, width, height, flags, sequence, timestamp_ns,
+     device_timestamp, payload_size) = _HEADER.unpack_from(buf)
+    if magic != FRAME_MAGIC:
+        raise ProtocolError('bad frame magic {0!r}'.format(magic))
+    if version != FRAME_VERSION:
+        raise ProtocolError('unsupported frame version {0}'.format(version))
+    if header_size < FRAME_HEADER_SIZE or header_size != len(buf):
+        raise ProtocolError('frame header size {0} does not match its frame ({1})'.format(
+            header_size, len(buf)))
+    if width == 0 or height == 0 or width * height > max_pixels:
+        raise ProtocolError('frame size {0}x{1} outside limits (max {2} pixels)'.format(
+            width, height, max_pixels))
+    return FrameHeader(codec, width, height, flags, sequence, timestamp_ns,
+                       device_timestamp, payload_size)
