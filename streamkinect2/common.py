@@ -2,9 +2,11 @@
 import enum
 import logging
 
-__all__ = ['EndpointType', 'ProtocolError', 'ZC_SERVICE_TYPE', 'PROTOCOL_VERSION']
+__all__ = ['EndpointType', 'ProtocolError', 'ZC_SERVICE_TYPE', 'PROTOCOL_VERSION',
+           'send_isolated']
 
 logging.getLogger('streamkinect2').addHandler(logging.NullHandler())
+log = logging.getLogger(__name__)
 
 #: The Zeroconf (DNS-SD) service type servers register under.
 ZC_SERVICE_TYPE = '_kinect2._tcp.local.'
@@ -28,3 +30,17 @@ class EndpointType(enum.Enum):
 
     control = 1
     depth = 2
+
+
+def send_isolated(signal, sender, **kwargs):
+    """Call each receiver of the blinker *signal* for *sender*, isolating failures.
+
+    ``Signal.send`` stops at the first receiver that raises; a device thread uses this
+    instead so that one faulty handler cannot starve the others (the compressor, say).
+    Exceptions are logged.
+    """
+    for receiver in signal.receivers_for(sender):
+        try:
+            receiver(sender, **kwargs)
+        except Exception:
+            log.exception('Error in %r receiving from %r', receiver, sender)

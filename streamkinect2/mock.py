@@ -10,6 +10,8 @@ import uuid
 from blinker import Signal
 import numpy as np
 
+from .common import send_isolated
+
 __all__ = ['DepthFrame', 'MockKinect', 'DEPTH_WIDTH', 'DEPTH_HEIGHT']
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,10 @@ class DepthFrame(object):
 
     def __init__(self, data, shape=None, sequence=0, timestamp_ns=None, device_timestamp=0):
         """Wrap *data* (2-D uint16 array, or buffer with *shape* = (width, height))."""
-        array = np.asarray(data)
+        if isinstance(data, np.ndarray):
+            array = data
+        else:
+            array = np.frombuffer(data, dtype=np.uint16)
         if shape is not None:
             array = array.reshape(shape[1], shape[0])
         if array.ndim != 2 or array.dtype != np.uint16:
@@ -74,7 +79,7 @@ def _mock_scene():
     wall = x > 360
     scene[wall] = (7000 + (x[wall] - 360) * 6 + (y[wall] % 5)).astype(np.uint16)
     scene[:, 500:] = 0                    # out of range: no reading
-    scene[200:210, 100:140] = 65535       # saturated reading
+    scene[20:30, 100:140] = 65535       # saturated reading
     scene[50:60, 400:420] = 4095          # values either side of the old 12-bit limit
     scene[60:70, 400:420] = 4096
     return scene
@@ -179,9 +184,10 @@ class MockKinect(object):
             try:
                 pixels = self._frame_source(sequence)
                 frame = DepthFrame(pixels, sequence=sequence, timestamp_ns=captured_ns)
-                self.on_depth_frame.send(self, depth_frame=frame)
-            except Exception:  # a handler's bug must not kill the device thread
-                log.exception('Error delivering mock depth frame %d', sequence)
+            except Exception:  # a frame source's bug must not kill the device thread
+                log.exception('Error rendering mock depth frame %d', sequence)
+            else:
+                send_isolated(self.on_depth_frame, self, depth_frame=frame)
             next_time += period
             delay = next_time - time.monotonic()
             if delay < -period:  # fell behind by more than a frame: do not burst

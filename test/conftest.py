@@ -1,0 +1,49 @@
+"""Shared test helpers: every socket on loopback, every wait with a deadline."""
+import asyncio
+import os
+import threading
+import time
+
+import pytest
+
+# Keep any ROS 2 traffic of the tests on this machine, in a domain of our own.
+os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+os.environ.setdefault('ROS_DOMAIN_ID', str(1 + os.getpid() % 100))
+
+LOOPBACK = '127.0.0.1'
+
+
+def run_async(coro, timeout=60.0):
+    """Run *coro* on a fresh asyncio (tornado) loop in this thread, with a deadline."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def wait_until(predicate, timeout, what='condition', interval=0.01):
+    """Poll *predicate* on the running loop until it is true; fail after *timeout* s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError('timed out after {0} s waiting for {1}'.format(
+                timeout, what))
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads(request):
+    """Fail a test that leaves threads of its own running (checked with a deadline)."""
+    before = set(threading.enumerate())
+    yield
+    if request.node.get_closest_marker('allow_thread_leak'):
+        return
+    deadline = time.monotonic() + 5.0
+    while True:
+        extra = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not extra or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert not extra, 'threads left running: {0}'.format([t.name for t in extra])
+
+
+def pytest_configure(config):
+    """Register the markers used here."""
+    config.addinivalue_line('markers', 'allow_thread_leak: skip the thread-leak check')
