@@ -60,6 +60,7 @@ setup(
             'streamkinect2-mock-server = streamkinect2.tools:mock_server_main',
             'streamkinect2-list = streamkinect2.tools:list_main',
             'streamkinect2-receive = streamkinect2.tools:receive_main',
+            'streamkinect2-demo = streamkinect2.tools:demo_main',
         ],
     },
 )

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Set everything up in ./.venv (Python 3.10-3.13, no ROS distribution needed) and run:
+#   ./dev.sh demo [args]   mock server + receiver on loopback, live figures
+#   ./dev.sh test [args]   the whole test suite
+#   ./dev.sh bench         the benchmarks (codec, end to end)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+
+setup() {
+    if ! "$PYTHON" -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 13))'; then
+        echo "dev.sh: needs Python 3.10-3.13 (set PYTHON=python3.X); $PYTHON is $("$PYTHON" -V 2>&1)" >&2
+        exit 2
+    fi
+    if [ ! -x .venv/bin/python ]; then
+        echo "dev.sh: creating .venv" >&2
+        "$PYTHON" -m venv .venv
+    fi
+    echo "dev.sh: installing streamkinect2_ros and its dependencies into .venv" >&2
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[ros,test,bench]'
+}
+
+cmd=${1:-help}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+    demo)
+        setup
+        exec .venv/bin/streamkinect2-demo "$@"
+        ;;
+    test)
+        setup
+        exec .venv/bin/python -m pytest test "$@"
+        ;;
+    bench)
+        setup
+        .venv/bin/python bench/bench_codecs.py "$@"
+        .venv/bin/python bench/bench_e2e.py
+        ;;
+    *)
+        sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
+        [ "$cmd" = help ] || exit 2
+        ;;
+esac

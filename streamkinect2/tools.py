@@ -1,0 +1,288 @@
+"""Command-line tools: run a mock server, list servers, receive and measure a stream.
+
+Each ``*_main`` function is a console script (see setup.py); all take ``--help``.
+"""
+import argparse
+import asyncio
+import logging
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+from tornado.ioloop import IOLoop
+
+from .client import Client
+from .common import EndpointType
+from .mock import MockKinect
+from .server import Server, ServerBrowser
+
+__all__ = ['mock_server_main', 'list_main', 'receive_main', 'demo_main']
+
+log = logging.getLogger(__name__)
+
+
+def _setup_logging(verbose):
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+
+
+def _run(coro_fn, args):
+    """Run *coro_fn(args, stop_event)* until it returns, Ctrl-C or SIGTERM."""
+    async def main():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if getattr(args, 'duration', 0):
+            loop.call_later(args.duration, stop.set)
+        return await coro_fn(args, stop)
+    return asyncio.run(main())
+
+
+# --- mock server --------------------------------------------------------------------
+
+def _mock_server_parser():
+    parser = argparse.ArgumentParser(description='Serve mock Kinect v2 depth devices.')
+    parser.add_argument('--address', default=None,
+                        help='IPv4 address to bind and announce on (default: the '
+                             'interface with the default route)')
+    parser.add_argument('--name', default=None, help='human-readable server name')
+    parser.add_argument('--control-port', type=int, default=None,
+                        help='fixed control port (default: random)')
+    parser.add_argument('--devices', type=int, default=1, help='number of mock devices')
+    parser.add_argument('--fps', type=float, default=30.0, help='frames per second')
+    parser.add_argument('--replay', default=None, metavar='NPZ',
+                        help='replay recorded frames (an .npz with a "frames" array of '
+                             'N x H x W uint16) instead of the synthetic scene')
+    parser.add_argument('--no-announce', action='store_true',
+                        help='do not announce over Zeroconf')
+    parser.add_argument('--duration', type=float, default=0,
+                        help='stop after this many seconds (default: run until Ctrl-C)')
+    parser.add_argument('-v', '--verbose', action='store_true')
+    return parser
+
+
+def _replay_source(path):
+    frames = np.load(path)['frames']
+    if frames.ndim != 3 or frames.dtype != np.uint16 or not len(frames):
+        raise SystemExit('{0}: "frames" must be a non-empty N x H x W uint16 array'.format(
+            path))
+    return lambda sequence: frames[sequence % len(frames)]
+
+
+async def _mock_server(args, stop):
+    source = _replay_source(args.replay) if args.replay else None
+    kinects = [MockKinect(fps=args.fps, frame_source=source) for _ in range(args.devices)]
+    server = Server(address=args.address, name=args.name, announce=not args.no_announce,
+                    control_port=args.control_port, io_loop=IOLoop.current())
+    for kinect in kinects:
+        server.add_kinect(kinect)
+        kinect.start()
+    server.start()
+    print('serving {0} mock device(s) as {1!r} on {2}'.format(
+        len(kinects), server.name, server.endpoints[EndpointType.control]), flush=True)
+    try:
+        await stop.wait()
+    finally:
+        server.stop()
+        for kinect in kinects:
+            kinect.stop()
+    return 0
+
+
+def mock_server_main(argv=None):
+    """Run a server with mock devices until Ctrl-C."""
+    args = _mock_server_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    return _run(_mock_server, args)
+
+
+# --- list ---------------------------------------------------------------------------
+
+async def _list(args, stop):
+    browser = ServerBrowser(address=args.address, io_loop=IOLoop.current())
+    try:
+        try:
+            await asyncio.wait_for(stop.wait(), args.timeout)
+        except asyncio.TimeoutError:
+            pass
+        servers = sorted(browser.servers)
+    finally:
+        browser.close()
+    if not servers:
+        print('no servers found in {0} s'.format(args.timeout))
+        return 1
+    for info in servers:
+        print('{0}\t{1}'.format(info.name, info.endpoint))
+    return 0
+
+
+def list_main(argv=None):
+    """List the servers announced on the network."""
+    parser = argparse.ArgumentParser(description='List Kinect v2 depth servers (Zeroconf).')
+    parser.add_argument('--address', default=None,
+                        help='IPv4 address of the interface to browse on (default: all)')
+    parser.add_argument('--timeout', type=float, default=3.0, help='seconds to listen')
+    parser.add_argument('-v', '--verbose', action='store_true')
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    return _run(_list, args)
+
+
+# --- receive ------------------------------------------------------------------------
+
+class StreamMeter(object):
+    """Per-device frame rate, bandwidth, compression ratio and latency over intervals."""
+
+    def __init__(self):
+        """Start with no devices."""
+        self.devices = {}
+        self.total_frames = 0
+
+    def add(self, client, kinect_id, depth_frame):
+        """Account one frame (with the client's running byte counters)."""
+        now = time.time()
+        entry = self.devices.setdefault(kinect_id, {'frames': 0, 'latencies': [],
+                                                    'bytes0': 0, 'raw0': 0})
+        entry['frames'] += 1
+        entry['latencies'].append(now - depth_frame.timestamp)
+        self.total_frames += 1
+
+    def report(self, client, elapsed):
+        """Return report lines for the interval and start a new one."""
+        lines = []
+        for kinect_id, entry in sorted(self.devices.items()):
+            stats = client.stats.get(kinect_id)
+            if stats is None:
+                continue
+            wire = stats.payload_bytes - entry['bytes0']
+            raw = stats.raw_bytes - entry['raw0']
+            lat = np.array(entry['latencies'] or [np.nan]) * 1000
+            lines.append(
+                '{0}: {1:5.1f} frames/s  {2:6.1f} Mbit/s  ratio {3:4.2f}  latency p50 '
+                '{4:5.1f} ms p99 {5:5.1f} ms  dropped {6}  invalid {7}'.format(
+                    kinect_id, entry['frames'] / elapsed, wire * 8 / elapsed / 1e6,
+                    raw / wire if wire else float('nan'), np.percentile(lat, 50),
+                    np.percentile(lat, 99), stats.dropped, stats.invalid))
+            entry.update(frames=0, latencies=[], bytes0=stats.payload_bytes,
+                         raw0=stats.raw_bytes)
+        return lines
+
+
+async def _find_endpoint(args, stop):
+    if args.endpoint:
+        return args.endpoint
+    found = asyncio.get_running_loop().create_future()
+
+    def on_add(browser, server_info):
+        if not found.done() and (not args.server_name or server_info.name == args.server_name):
+            found.set_result(server_info)
+    browser = ServerBrowser(address=args.address, io_loop=IOLoop.current())
+    ServerBrowser.on_add_server.connect(on_add, browser, weak=False)
+    try:
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([found, stopped], timeout=args.discovery_timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+    finally:
+        browser.close()
+    if not found.done():
+        return None
+    print('found server {0!r} at {1}'.format(found.result().name, found.result().endpoint),
+          flush=True)
+    return found.result().endpoint
+
+
+async def _receive(args, stop):
+    endpoint = await _find_endpoint(args, stop)
+    if endpoint is None:
+        print('no server found within {0} s'.format(args.discovery_timeout), file=sys.stderr)
+        return 1
+    client = Client(endpoint, io_loop=IOLoop.current())
+    meter = StreamMeter()
+
+    def on_add(client, kinect_id):
+        print('device {0} added'.format(kinect_id), flush=True)
+        client.enable_depth_frames(kinect_id)
+
+    def on_frame(client, depth_frame, kinect_id):
+        meter.add(client, kinect_id, depth_frame)
+    Client.on_add_kinect.connect(on_add, client, weak=False)
+    Client.on_remove_kinect.connect(
+        lambda c, kinect_id: print('device {0} removed'.format(kinect_id), flush=True),
+        client, weak=False)
+    Client.on_disconnect.connect(lambda c: print('disconnected from the server', flush=True),
+                                 client, weak=False)
+    Client.on_depth_frame.connect(on_frame, client, weak=False)
+    client.connect()
+    try:
+        last = time.monotonic()
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), args.interval)
+            except asyncio.TimeoutError:
+                pass
+            now = time.monotonic()
+            for line in meter.report(client, now - last):
+                print(line, flush=True)
+            last = now
+    finally:
+        if client.is_connected:
+            client.disconnect()
+    print('received {0} frames'.format(meter.total_frames), flush=True)
+    return 0 if meter.total_frames else 1
+
+
+def _receive_parser():
+    parser = argparse.ArgumentParser(
+        description='Receive depth from a server and print per-device frame rate, '
+                    'bandwidth, compression ratio and latency.')
+    parser.add_argument('endpoint', nargs='?', default=None,
+                        help='control endpoint, e.g. tcp://10.0.0.2:5555 (default: '
+                             'discover over Zeroconf)')
+    parser.add_argument('--server-name', default=None,
+                        help='discover the server with this name (default: the first)')
+    parser.add_argument('--address', default=None,
+                        help='IPv4 address of the interface to discover on (default: all)')
+    parser.add_argument('--discovery-timeout', type=float, default=10.0)
+    parser.add_argument('--interval', type=float, default=1.0, help='seconds per report')
+    parser.add_argument('--duration', type=float, default=0,
+                        help='stop after this many seconds (default: run until Ctrl-C)')
+    parser.add_argument('-v', '--verbose', action='store_true')
+    return parser
+
+
+def receive_main(argv=None):
+    """Receive from a server and print stream figures once a second."""
+    args = _receive_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    return _run(_receive, args)
+
+
+# --- demo ---------------------------------------------------------------------------
+
+def demo_main(argv=None):
+    """Start a mock server process on loopback and receive from it, found by Zeroconf."""
+    parser = argparse.ArgumentParser(description='Mock server + receiver on loopback.')
+    parser.add_argument('--duration', type=float, default=15.0,
+                        help='seconds to run (0: until Ctrl-C)')
+    parser.add_argument('--devices', type=int, default=1)
+    args = parser.parse_args(argv)
+    _setup_logging(False)
+    name = 'streamkinect2 demo {0}'.format(int(time.time()) % 100000)
+    server = subprocess.Popen(
+        [sys.executable, '-c', 'import sys; from streamkinect2.tools import '
+         'mock_server_main; sys.exit(mock_server_main())', '--address', '127.0.0.1',
+         '--name', name, '--devices', str(args.devices)])
+    try:
+        return receive_main(['--address', '127.0.0.1', '--server-name', name,
+                             '--duration', str(args.duration)])
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
