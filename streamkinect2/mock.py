@@ -12,7 +12,8 @@ import numpy as np
 
 from .common import send_isolated
 
-__all__ = ['DepthFrame', 'MockKinect', 'DEPTH_WIDTH', 'DEPTH_HEIGHT']
+__all__ = ['DepthFrame', 'MockKinect', 'DEPTH_WIDTH', 'DEPTH_HEIGHT',
+           'KINECT2_DEFAULT_DEPTH_CAMERA']
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,15 @@ def _mock_scene():
     return scene
 
 
+#: Depth (IR) camera intrinsics reported by the mock: typical Kinect v2 values as read
+#: from one sensor by libfreenect2's ``getIrCameraParams()`` (pixels; Brown-Conrady
+#: distortion k1, k2, k3 radial, p1, p2 tangential), for a 512 x 424 image.
+KINECT2_DEFAULT_DEPTH_CAMERA = {
+    'width': DEPTH_WIDTH, 'height': DEPTH_HEIGHT,
+    'fx': 365.456, 'fy': 365.456, 'cx': 254.878, 'cy': 205.395,
+    'k1': 0.0905474, 'k2': -0.26819, 'k3': 0.0950862, 'p1': 0.0, 'p2': 0.0,
+}
+
 _SCENE = _mock_scene()
 _SCENE.setflags(write=False)
 
@@ -118,6 +128,8 @@ class MockKinect(object):
         self._thread = None
         self._stop_event = threading.Event()
         self._sequence = 0
+        #: Intrinsics of the depth camera, sent to clients in the ``me`` device record.
+        self.depth_camera = dict(KINECT2_DEFAULT_DEPTH_CAMERA)
 
     @staticmethod
     def render_frame(sequence):

@@ -349,6 +349,9 @@ class Server(object):
         devices = []
         for kinect_id, device in self._devices.items():
             record = {'id': kinect_id, 'endpoints': {'depth': device.endpoint}}
+            camera = getattr(device.kinect, 'depth_camera', None)
+            if camera:
+                record['depth_camera'] = dict(camera)
             devices.append(record)
         return {
             'version': PROTOCOL_VERSION,

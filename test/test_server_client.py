@@ -197,7 +197,10 @@ def test_malformed_control_messages_get_an_error_and_the_server_serves_on(frames
                 assert me['version'] == 1 and me['name'] == server.name
                 assert me['endpoints'] == {'control': control_endpoint(server)}
                 assert me['devices'] == [{'id': kinect.unique_kinect_id, 'endpoints': {
-                    'depth': server.device_endpoint(kinect.unique_kinect_id)}}]
+                    'depth': server.device_endpoint(kinect.unique_kinect_id)},
+                    'depth_camera': kinect.depth_camera}]
+                assert set(kinect.depth_camera) >= {'fx', 'fy', 'cx', 'cy', 'k1', 'k2', 'k3',
+                                                    'p1', 'p2', 'width', 'height'}
             finally:
                 req.close(linger=0)
                 ctx.term()
