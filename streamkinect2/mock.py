@@ -69,7 +69,7 @@ class DepthFrame(object):
     def __repr__(self):
         """Describe the frame briefly."""
         return '<DepthFrame {0}x{1} seq={2}>'.format(self.shape[0], self.shape[1],
-                                                      self.sequence)
+                                                     self.sequence)
 
 
 def _mock_scene():

@@ -388,7 +388,7 @@ class ServerBrowser(object):
         self._lock = threading.Lock()
         self._zeroconf = _zeroconf_for(_check_ipv4(address) if address else None)
         self._browser = ServiceBrowser(self._zeroconf, ZC_SERVICE_TYPE,
-                                                handlers=[self._on_service_state_change])
+                                       handlers=[self._on_service_state_change])
 
     @property
     def servers(self):
@@ -451,4 +451,3 @@ class ServerBrowser(object):
     def __exit__(self, exc_type, exc_value, traceback):
         """Close the browser."""
         self.close()
-
