@@ -61,6 +61,7 @@ setup(
             'streamkinect2-list = streamkinect2.tools:list_main',
             'streamkinect2-receive = streamkinect2.tools:receive_main',
             'streamkinect2-demo = streamkinect2.tools:demo_main',
+            'streamkinect2-keygen = streamkinect2.tools:keygen_main',
         ],
     },
 )

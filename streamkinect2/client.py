@@ -81,6 +81,9 @@ class Client(object):
     ms for a reply before the client gives up and disconnects.
     ``max_frame_pixels``: the largest frame accepted; a frame header may not make the
     client allocate more than that.
+
+    *curve*, a :py:class:`~streamkinect2.security.CurveClientConfig`, turns on CURVE
+    encryption and authentication towards a server that has it on.
     """
 
     #: Emitted when the client has connected and the server has identified itself.
@@ -96,8 +99,9 @@ class Client(object):
     on_depth_frame = Signal()
 
     def __init__(self, control_endpoint, connect_immediately=False, zmq_ctx=None,
-                 io_loop=None):
+                 io_loop=None, curve=None):
         """Create a client for the server at *control_endpoint*."""
+        self._curve = curve
         self.heartbeat_period = 500
         self.response_timeout = 2000
         self.max_frame_pixels = DEFAULT_MAX_FRAME_PIXELS
@@ -130,8 +134,7 @@ class Client(object):
         if self.is_connected:
             log.warning('Client already connected')
             return
-        sock = self._ctx.socket(zmq.REQ)
-        sock.linger = 0
+        sock = self._socket(zmq.REQ)
         sock.connect(self.endpoints[EndpointType.control])
         self._control_stream = ZMQStream(sock, self._io_loop)
         self._control_stream.on_recv(self._on_control_recv)
@@ -143,6 +146,13 @@ class Client(object):
         self._ticker = PeriodicCallback(self._tick, period)
         self._ticker.start()
         self._who()
+
+    def _socket(self, socket_type):
+        sock = self._ctx.socket(socket_type)
+        sock.linger = 0
+        if self._curve is not None:
+            self._curve.apply(sock)
+        return sock
 
     def disconnect(self):
         """Explicitly disconnect the client."""
@@ -295,8 +305,7 @@ class Client(object):
             raise ValueError('device {0!r} has no depth endpoint'.format(kinect_id))
         if kinect_id in self._depth_streams:
             return
-        sock = self._ctx.socket(zmq.SUB)
-        sock.linger = 0
+        sock = self._socket(zmq.SUB)
         sock.rcvhwm = DEPTH_RECV_HWM
         sock.connect(endpoint)
         sock.setsockopt(zmq.SUBSCRIBE, b'')

@@ -16,6 +16,7 @@ from zmq.eventloop.zmqstream import ZMQStream
 from .common import EndpointType, PROTOCOL_VERSION, ProtocolError, ZC_SERVICE_TYPE
 from .compress import DepthFrameCompressor
 from .protocol import decode_control, encode_control, MessageType
+from .security import _Authenticator
 
 __all__ = ['Server', 'ServerBrowser', 'ServerInfo', 'default_address']
 
@@ -121,6 +122,8 @@ class Server(object):
     ``zmq.Context.instance()``). *io_loop* is the tornado IOLoop the sockets are served
     on (default ``IOLoop.current()``); call the server's methods on that loop's thread.
     If *announce* is True the server is announced over Zeroconf when it starts.
+    *curve*, a :py:class:`~streamkinect2.security.CurveServerConfig`, turns on CURVE
+    encryption and client authentication for every socket (default: off).
 
     ``address``: the address bound to. ``endpoints``: dict of zeromq endpoints keyed by
     :py:class:`~streamkinect2.common.EndpointType` (per-device depth endpoints are in
@@ -128,7 +131,7 @@ class Server(object):
     """
 
     def __init__(self, address=None, start_immediately=False, name=None, zmq_ctx=None,
-                 io_loop=None, announce=True, control_port=None, codec=None):
+                 io_loop=None, announce=True, control_port=None, codec=None, curve=None):
         """Create a server; it starts serving on :py:meth:`start`."""
         self.address = _check_ipv4(address) if address is not None else default_address()
         self.name = name if name is not None else 'Kinect2 {0} {1}'.format(
@@ -140,7 +143,12 @@ class Server(object):
         self.codec = codec
         self.endpoints = {}
         self.is_running = False
-        self._ctx = zmq_ctx if zmq_ctx is not None else zmq.Context.instance()
+        self._curve = curve
+        # ZeroMQ allows one authenticator per context: a secure server gets its own.
+        self._own_ctx = zmq_ctx is None and curve is not None
+        self._ctx = zmq_ctx if zmq_ctx is not None else (
+            None if self._own_ctx else zmq.Context.instance())
+        self._authenticator = None
         self._io_loop = io_loop if io_loop is not None else IOLoop.current()
         self._devices = collections.OrderedDict()
         self._control_socket = None
@@ -188,9 +196,15 @@ class Server(object):
         return dict(frames_in=compressor.frames_in, frames_out=compressor.frames_out,
                     frames_dropped=compressor.frames_dropped)
 
-    def _open_device(self, device):
-        sock = self._ctx.socket(zmq.PUB)
+    def _socket(self, socket_type):
+        sock = self._ctx.socket(socket_type)
         sock.linger = 0
+        if self._curve is not None:
+            self._curve.apply(sock)
+        return sock
+
+    def _open_device(self, device):
+        sock = self._socket(zmq.PUB)
         sock.sndhwm = DEPTH_SEND_HWM
         port = sock.bind_to_random_port('tcp://' + self.address)
         device.socket = sock
@@ -232,8 +246,11 @@ class Server(object):
         if self.is_running:
             log.warning('Server %r already running', self.name)
             return
-        sock = self._ctx.socket(zmq.REP)
-        sock.linger = 0
+        if self._curve is not None:
+            if self._own_ctx:
+                self._ctx = zmq.Context()
+            self._authenticator = _Authenticator(self._ctx, self._curve)
+        sock = self._socket(zmq.REP)
         sock.maxmsgsize = CONTROL_MAX_MESSAGE_SIZE
         base = 'tcp://' + self.address
         if self.control_port:
@@ -264,6 +281,12 @@ class Server(object):
         self._control_stream.close(linger=0)
         self._control_stream = None
         self._control_socket = None
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
+        if self._own_ctx:
+            self._ctx.term()
+            self._ctx = None
         self.endpoints = {}
         self.is_running = False
         log.info('Server %r stopped', self.name)

@@ -16,9 +16,10 @@ from tornado.ioloop import IOLoop
 from .client import Client
 from .common import EndpointType
 from .mock import MockKinect
+from .security import CurveClientConfig, CurveServerConfig, make_keypair
 from .server import Server, ServerBrowser
 
-__all__ = ['mock_server_main', 'list_main', 'receive_main', 'demo_main']
+__all__ = ['mock_server_main', 'list_main', 'receive_main', 'demo_main', 'keygen_main']
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,10 @@ def _mock_server_parser():
                              'N x H x W uint16) instead of the synthetic scene')
     parser.add_argument('--no-announce', action='store_true',
                         help='do not announce over Zeroconf')
+    parser.add_argument('--curve-secret', default=None, metavar='FILE',
+                        help='turn on CURVE security with this server .key_secret file')
+    parser.add_argument('--curve-allow', action='append', default=[], metavar='KEY',
+                        help='client public key (or .key file) to admit; repeatable')
     parser.add_argument('--duration', type=float, default=0,
                         help='stop after this many seconds (default: run until Ctrl-C)')
     parser.add_argument('-v', '--verbose', action='store_true')
@@ -75,8 +80,10 @@ def _replay_source(path):
 async def _mock_server(args, stop):
     source = _replay_source(args.replay) if args.replay else None
     kinects = [MockKinect(fps=args.fps, frame_source=source) for _ in range(args.devices)]
+    curve = CurveServerConfig(args.curve_secret, args.curve_allow) if args.curve_secret \
+        else None
     server = Server(address=args.address, name=args.name, announce=not args.no_announce,
-                    control_port=args.control_port, io_loop=IOLoop.current())
+                    control_port=args.control_port, io_loop=IOLoop.current(), curve=curve)
     for kinect in kinects:
         server.add_kinect(kinect)
         kinect.start()
@@ -200,7 +207,9 @@ async def _receive(args, stop):
     if endpoint is None:
         print('no server found within {0} s'.format(args.discovery_timeout), file=sys.stderr)
         return 1
-    client = Client(endpoint, io_loop=IOLoop.current())
+    curve = CurveClientConfig(args.curve_secret, args.curve_server_key) \
+        if args.curve_secret else None
+    client = Client(endpoint, io_loop=IOLoop.current(), curve=curve)
     meter = StreamMeter()
 
     def on_add(client, kinect_id):
@@ -248,6 +257,10 @@ def _receive_parser():
                         help='IPv4 address of the interface to discover on (default: all)')
     parser.add_argument('--discovery-timeout', type=float, default=10.0)
     parser.add_argument('--interval', type=float, default=1.0, help='seconds per report')
+    parser.add_argument('--curve-secret', default=None, metavar='FILE',
+                        help='use CURVE security with this client .key_secret file')
+    parser.add_argument('--curve-server-key', default=None, metavar='KEY',
+                        help="the server's public key (or .key file), with --curve-secret")
     parser.add_argument('--duration', type=float, default=0,
                         help='stop after this many seconds (default: run until Ctrl-C)')
     parser.add_argument('-v', '--verbose', action='store_true')
@@ -256,9 +269,27 @@ def _receive_parser():
 
 def receive_main(argv=None):
     """Receive from a server and print stream figures once a second."""
-    args = _receive_parser().parse_args(argv)
+    parser = _receive_parser()
+    args = parser.parse_args(argv)
+    if bool(args.curve_secret) != bool(args.curve_server_key):
+        parser.error('--curve-secret and --curve-server-key go together')
     _setup_logging(args.verbose)
     return _run(_receive, args)
+
+
+# --- keys ---------------------------------------------------------------------------
+
+def keygen_main(argv=None):
+    """Make a CURVE key pair: DIR/NAME.key (public) and DIR/NAME.key_secret."""
+    parser = argparse.ArgumentParser(
+        description='Make a CURVE key pair for streamkinect2 security: DIR/NAME.key '
+                    '(public: give it to the other side) and DIR/NAME.key_secret (keep it).')
+    parser.add_argument('directory')
+    parser.add_argument('name')
+    args = parser.parse_args(argv)
+    public_file, secret_file = make_keypair(args.directory, args.name)
+    print('public key file: {0}\nsecret key file: {1}'.format(public_file, secret_file))
+    return 0
 
 
 # --- demo ---------------------------------------------------------------------------
