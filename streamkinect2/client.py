@@ -13,6 +13,7 @@ from .common import EndpointType, ProtocolError
 from .mock import DepthFrame
 from .protocol import (decode_control, encode_control, MessageType, unpack_frame_header,
                        validate_me_payload)
+from .security import new_socket
 
 __all__ = ['Client', 'FrameStats']
 
@@ -148,11 +149,7 @@ class Client(object):
         self._who()
 
     def _socket(self, socket_type):
-        sock = self._ctx.socket(socket_type)
-        sock.linger = 0
-        if self._curve is not None:
-            self._curve.apply(sock)
-        return sock
+        return new_socket(self._ctx, socket_type, self._curve)
 
     def disconnect(self):
         """Explicitly disconnect the client."""

@@ -16,7 +16,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 __all__ = ['CurveServerConfig', 'CurveClientConfig', 'make_keypair', 'load_public_key',
-           'load_keypair']
+           'load_keypair', 'new_socket']
 
 _Z85_KEY_LENGTH = 40
 
@@ -94,6 +94,15 @@ class CurveClientConfig(object):
         sock.curve_secretkey = self.secret_key
         sock.curve_publickey = self.public_key
         sock.curve_serverkey = self.server_key
+
+
+def new_socket(context, socket_type, curve=None):
+    """Return a new socket with linger 0, made a CURVE socket by *curve* if given."""
+    sock = context.socket(socket_type)
+    sock.linger = 0
+    if curve is not None:
+        curve.apply(sock)
+    return sock
 
 
 class _Authenticator(object):

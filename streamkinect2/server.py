@@ -16,7 +16,7 @@ from zmq.eventloop.zmqstream import ZMQStream
 from .common import EndpointType, PROTOCOL_VERSION, ProtocolError, ZC_SERVICE_TYPE
 from .compress import DepthFrameCompressor
 from .protocol import decode_control, encode_control, MessageType
-from .security import _Authenticator
+from .security import _Authenticator, new_socket
 
 __all__ = ['Server', 'ServerBrowser', 'ServerInfo', 'default_address']
 
@@ -197,11 +197,7 @@ class Server(object):
                     frames_dropped=compressor.frames_dropped)
 
     def _socket(self, socket_type):
-        sock = self._ctx.socket(socket_type)
-        sock.linger = 0
-        if self._curve is not None:
-            self._curve.apply(sock)
-        return sock
+        return new_socket(self._ctx, socket_type, self._curve)
 
     def _open_device(self, device):
         sock = self._socket(zmq.PUB)
