@@ -1,0 +1,145 @@
+"""ROS 2 node ``streamkinect2_server``: serve Kinect v2 depth streams over the network.
+
+The node owns the devices (the mock, or a real backend: see :py:mod:`.backends`) and a
+:py:class:`streamkinect2.Server`, which compresses their depth frames losslessly and
+streams them to clients over ZeroMQ, announced over Zeroconf. The library runs on a
+tornado IOLoop thread; the rclpy executor keeps the main thread (parameters,
+diagnostics). On shutdown (Ctrl-C, SIGTERM, launch shutdown) the server unregisters from
+Zeroconf and every socket is closed.
+"""
+import sys
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from streamkinect2 import EndpointType, Server
+
+from .backends import create_devices
+from .params import declare_all, ParamSpec
+from .rosutil import LoopNode, run_node
+
+__all__ = ['NODE_NAME', 'PARAMETERS', 'ServerNode', 'main']
+
+NODE_NAME = 'streamkinect2_server'
+
+PARAMETERS = (
+    ParamSpec('server_name', '', 'Human-readable server name, announced over Zeroconf '
+              '(at most 60 bytes); empty: "Kinect2 <host> <random>"', True),
+    ParamSpec('address', '', 'IPv4 address of the interface to bind and announce on; '
+              'empty: the interface holding the default route', True),
+    ParamSpec('announce', True, 'Announce the server over Zeroconf (_kinect2._tcp)', True),
+    ParamSpec('control_port', 0, 'TCP port of the control endpoint; 0: a free port', True),
+    ParamSpec('device', 'mock', 'Device backend: ' + ', '.join(
+        ['mock', 'freenect2 (real sensors, optional pylibfreenect2; not implemented yet)']),
+        True),
+    ParamSpec('mock_count', 1, 'device=mock: number of mock devices', True),
+    ParamSpec('mock_fps', 30.0, 'device=mock: frames per second of each mock device', True),
+    ParamSpec('mock_ids', [], 'device=mock: device ids (at most mock_count); missing ids '
+              'are generated as mock-<random>', True),
+    ParamSpec('diagnostics_period', 1.0, 'Seconds between diagnostic_msgs/DiagnosticArray '
+              'messages on /diagnostics; 0: none', True),
+)
+
+
+class ServerNode(LoopNode):
+    """The ``streamkinect2_server`` node. Call :py:meth:`close` before destroying it."""
+
+    def __init__(self, **kwargs):
+        """Declare the parameters, open the devices and start serving."""
+        super().__init__(NODE_NAME, **kwargs)
+        self._server = None
+        self._devices = []
+        self.params = declare_all(self, PARAMETERS)
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        self._diag_pub = None
+        period = self.params['diagnostics_period']
+        if period > 0:
+            self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+            self.create_timer(period, self._publish_diagnostics)
+
+    def _start(self):
+        params = self.params
+        options = {name: value for name, value in params.items()
+                   if name.startswith(params['device'] + '_')}
+        self._devices = create_devices(params['device'], options)
+        self.start_loop('streamkinect2-server-ioloop')
+        control = self.loop.call(self._start_on_loop)
+        self.get_logger().info('Server {0!r} control endpoint {1} ({2}); devices: {3}'.format(
+            self._server.name, control,
+            'announced over Zeroconf' if params['announce'] else 'not announced',
+            ', '.join('{0} on {1}'.format(device_id, endpoint)
+                      for device_id, endpoint in self.device_endpoints().items())))
+
+    def _start_on_loop(self):
+        params = self.params
+        self._server = Server(
+            address=params['address'] or None, name=params['server_name'] or None,
+            zmq_ctx=self.zmq_ctx, io_loop=self.loop.io_loop,
+            announce=params['announce'], control_port=params['control_port'] or None)
+        for device in self._devices:
+            self._server.add_kinect(device)
+        self._server.start()
+        for device in self._devices:
+            device.start()
+        return self._server.endpoints[EndpointType.control]
+
+    @property
+    def control_endpoint(self):
+        """The control endpoint clients connect to (None once closed)."""
+        server = self._server
+        return server.endpoints.get(EndpointType.control) if server is not None else None
+
+    def device_endpoints(self):
+        """Return ``{device id: depth endpoint}``."""
+        return {device.unique_kinect_id: self._server.device_endpoint(device.unique_kinect_id)
+                for device in self._devices}
+
+    def _collect_stats(self):
+        server = self._server
+        if server is None or not server.is_running:
+            return {}
+        return {device.unique_kinect_id: server.device_stats(device.unique_kinect_id)
+                for device in self._devices}
+
+    def _publish_diagnostics(self):
+        try:
+            stats = self.loop.call(self._collect_stats, timeout=1.0)
+        except (TimeoutError, RuntimeError):
+            return
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        for device_id, counters in stats.items():
+            status = DiagnosticStatus(
+                level=DiagnosticStatus.OK, name='{0}: {1}'.format(self.get_name(), device_id),
+                message='streaming', hardware_id=device_id)
+            status.values = [KeyValue(key=key, value=str(value))
+                             for key, value in sorted(counters.items())]
+            status.values.append(KeyValue(key='control_endpoint',
+                                          value=str(self.control_endpoint)))
+            msg.status.append(status)
+        self._diag_pub.publish(msg)
+
+    def stop_on_loop(self):
+        if self._server is not None and self._server.is_running:
+            self._server.stop()  # unregisters from Zeroconf, closes the sockets
+        for device in self._devices:
+            if device.is_running:
+                device.stop()
+
+    def close(self):
+        """Stop serving: unregister, close every socket, stop the devices and threads."""
+        super().close()
+        for device in self._devices:  # if the loop never ran
+            if getattr(device, 'is_running', False):
+                device.stop()
+
+
+def main(args=None):
+    """Run the server node until shutdown; return the exit status."""
+    return run_node(ServerNode, args=args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
