@@ -203,14 +203,10 @@ async def _find_endpoint(args, stop):
 
 
 async def _receive(args, stop):
-    endpoint = await _find_endpoint(args, stop)
-    if endpoint is None:
-        print('no server found within {0} s'.format(args.discovery_timeout), file=sys.stderr)
-        return 1
     curve = CurveClientConfig(args.curve_secret, args.curve_server_key) \
         if args.curve_secret else None
-    client = Client(endpoint, io_loop=IOLoop.current(), curve=curve)
     meter = StreamMeter()
+    checked = {'frames': 0, 'mismatched': 0}
 
     def on_add(client, kinect_id):
         print('device {0} added'.format(kinect_id), flush=True)
@@ -218,29 +214,57 @@ async def _receive(args, stop):
 
     def on_frame(client, depth_frame, kinect_id):
         meter.add(client, kinect_id, depth_frame)
-    Client.on_add_kinect.connect(on_add, client, weak=False)
-    Client.on_remove_kinect.connect(
-        lambda c, kinect_id: print('device {0} removed'.format(kinect_id), flush=True),
-        client, weak=False)
-    Client.on_disconnect.connect(lambda c: print('disconnected from the server', flush=True),
-                                 client, weak=False)
-    Client.on_depth_frame.connect(on_frame, client, weak=False)
-    client.connect()
-    try:
-        last = time.monotonic()
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), args.interval)
-            except asyncio.TimeoutError:
-                pass
-            now = time.monotonic()
-            for line in meter.report(client, now - last):
-                print(line, flush=True)
-            last = now
-    finally:
-        if client.is_connected:
-            client.disconnect()
+        if args.check_mock:
+            checked['frames'] += 1
+            if not np.array_equal(depth_frame.array,
+                                  MockKinect.render_frame(depth_frame.sequence)):
+                checked['mismatched'] += 1
+
+    found_any = False
+    while not stop.is_set():
+        endpoint = await _find_endpoint(args, stop)
+        if endpoint is None:
+            if found_any and not stop.is_set():
+                continue  # keep looking for the server that went away
+            break
+        found_any = True
+        client = Client(endpoint, io_loop=IOLoop.current(), curve=curve)
+        gone = asyncio.Event()
+        Client.on_add_kinect.connect(on_add, client, weak=False)
+        Client.on_remove_kinect.connect(
+            lambda c, kinect_id: print('device {0} removed'.format(kinect_id), flush=True),
+            client, weak=False)
+        Client.on_disconnect.connect(lambda c: gone.set(), client, weak=False)
+        Client.on_depth_frame.connect(on_frame, client, weak=False)
+        meter.devices.clear()
+        client.connect()
+        try:
+            last = time.monotonic()
+            while not stop.is_set() and not gone.is_set() and (
+                    client.is_connected or time.monotonic() - last < args.interval):
+                try:
+                    await asyncio.wait_for(stop.wait(), args.interval)
+                except asyncio.TimeoutError:
+                    pass
+                now = time.monotonic()
+                for line in meter.report(client, now - last):
+                    print(line, flush=True)
+                last = now
+        finally:
+            if client.is_connected:
+                client.disconnect()
+        if not stop.is_set():
+            print('server went away: looking for it again', flush=True)
+            await asyncio.sleep(0.5)
+    if not found_any:
+        print('no server found within {0} s'.format(args.discovery_timeout), file=sys.stderr)
+        return 1
     print('received {0} frames'.format(meter.total_frames), flush=True)
+    if args.check_mock:
+        print('checked {0} frames against the mock: {1} mismatched'.format(
+            checked['frames'], checked['mismatched']), flush=True)
+        if checked['mismatched']:
+            return 2
     return 0 if meter.total_frames else 1
 
 
@@ -257,6 +281,8 @@ def _receive_parser():
                         help='IPv4 address of the interface to discover on (default: all)')
     parser.add_argument('--discovery-timeout', type=float, default=10.0)
     parser.add_argument('--interval', type=float, default=1.0, help='seconds per report')
+    parser.add_argument('--check-mock', action='store_true',
+                        help="check every frame byte for byte against the mock's frames")
     parser.add_argument('--curve-secret', default=None, metavar='FILE',
                         help='use CURVE security with this client .key_secret file')
     parser.add_argument('--curve-server-key', default=None, metavar='KEY',
