@@ -7,9 +7,11 @@ out: the namespaces have no other link). Traffic, mDNS included, stays on that L
 Everything is torn down on exit, processes first. Needs root and iproute2.
 """
 import os
+import queue
 import shutil
 import signal
 import subprocess
+import threading
 import time
 
 
@@ -29,6 +31,62 @@ def namespaces_available():
         return 'ip netns add failed: {0}'.format(result.stderr.strip())
     _ip('netns', 'del', name, check=False)
     return None
+
+
+def loss_method():
+    """Return 'netem' or 'nft' (how to drop packets here), or None if neither works."""
+    name = 'sk2loss{0}'.format(os.getpid())
+    if _ip('netns', 'add', name, check=False).returncode != 0:
+        return None
+    try:
+        def works(*argv):
+            return subprocess.run(['ip', 'netns', 'exec', name] + list(argv),
+                                  capture_output=True).returncode == 0
+        if shutil.which('tc') and works('tc', 'qdisc', 'add', 'dev', 'lo', 'root', 'netem',
+                                        'loss', '1%'):
+            return 'netem'
+        if shutil.which('nft') and works('nft', 'add', 'table', 'inet', 'probe'):
+            return 'nft'
+        return None
+    finally:
+        _ip('netns', 'del', name, check=False)
+
+
+class Lines(object):
+    """Collects a process's output lines on a thread; wait for one with a deadline."""
+
+    def __init__(self, process):
+        """Start reading *process*.stdout (text mode)."""
+        self.lines = []
+        self._queue = queue.Queue()
+        self._thread = threading.Thread(target=self._read, args=(process.stdout,),
+                                        daemon=True)
+        self._thread.start()
+
+    def _read(self, stream):
+        for line in iter(stream.readline, ''):
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_for(self, text, timeout):
+        """Return the first new line containing *text*; fail after *timeout* s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                line = self._queue.get(timeout=max(0.0, remaining))
+            except queue.Empty:
+                line = ''
+            if line is None or (line == '' and remaining <= 0):
+                raise AssertionError('no line with {0!r} within {1} s; output:\n{2}'.format(
+                    text, timeout, ''.join(self.lines[-40:])))
+            self.lines.append(line)
+            if text in line:
+                return line
+
+    def text(self):
+        """Everything read so far."""
+        return ''.join(self.lines)
 
 
 class Lan(object):
@@ -88,6 +146,17 @@ class Lan(object):
     def shape(self, host, *qdisc):
         """Replace the root qdisc of *host*'s link, e.g. ``shape(h, 'tbf', 'rate', …)``."""
         self.run(host, 'tc', 'qdisc', 'replace', 'dev', 'eth0', 'root', *qdisc)
+
+    def drop_packets(self, host, percent, method):
+        """Drop *percent* % of the packets *host* sends, with netem or nftables."""
+        if method == 'netem':
+            self.shape(host, 'netem', 'loss', '{0}%'.format(percent))
+            return
+        self.run(host, 'nft', 'add', 'table', 'inet', 'sk2loss')
+        self.run(host, 'nft', 'add chain inet sk2loss out '
+                 '{ type filter hook output priority 0; }')
+        self.run(host, 'nft', 'add', 'rule', 'inet', 'sk2loss', 'out', 'numgen', 'random',
+                 'mod', '100', 'lt', str(percent), 'drop')
 
     def stop(self, process, sig=signal.SIGINT, timeout=15.0):
         """Stop *process* with *sig*, killing it after *timeout* s; return its exit code."""

@@ -4,9 +4,10 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
-from netns import Lan, namespaces_available
+from netns import Lan, Lines, loss_method, namespaces_available
 
 pytestmark = pytest.mark.skipif(namespaces_available() is not None,
                                 reason=namespaces_available() or '')
@@ -57,4 +58,136 @@ def test_discovery_and_byte_exact_streaming_across_hosts():
         checked = [line for line in out.splitlines() if line.startswith('checked ')]
         assert checked and checked[0].endswith(' 0 mismatched'), out
         assert int(checked[0].split()[1]) > 2 * 30
+        assert lan.stop(server) == 0
+
+
+def _server(lan, host, name, *extra):
+    process = lan.popen(host, _tool('mock_server_main', '--address', lan.addresses[host],
+                                    '--name', name) + list(extra),
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                        env=_env())
+    lines = Lines(process)
+    lines.wait_for('serving ', 20)
+    return process, lines
+
+
+def _receiver(lan, host, name, duration=60):
+    process = lan.popen(host, _tool('receive_main', '--address', lan.addresses[host],
+                                    '--server-name', name, '--duration', str(duration),
+                                    '--check-mock'),
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                        env=_env())
+    return process, Lines(process)
+
+
+def _finish(lan, receiver, lines):
+    assert lan.stop(receiver) == 0, lines.text()
+    checked = lines.wait_for('checked ', 10)
+    assert checked.rstrip().endswith(' 0 mismatched'), lines.text()
+    return int(checked.split()[1])
+
+
+def test_server_killed_then_restarted():
+    with Lan(hosts=2) as lan:
+        server_host, client_host = lan.hosts
+        name = 'restart {0}'.format(os.getpid())
+        server, _ = _server(lan, server_host, name)
+        receiver, lines = _receiver(lan, client_host, name)
+        lines.wait_for('frames/s', 30)
+        server.kill()
+        killed = time.monotonic()
+        lines.wait_for('server went away', 10)
+        # response_timeout is 2 s; the report interval adds up to 1 s.
+        assert time.monotonic() - killed < 2.0 + 1.0 + 1.0
+        server, _ = _server(lan, server_host, name)
+        restarted = time.monotonic()
+        lines.wait_for(' added', 20)
+        lines.wait_for('frames/s', 10)
+        assert time.monotonic() - restarted < 15
+        assert _finish(lan, receiver, lines) > 30
+        assert lan.stop(server) == 0
+
+
+def test_link_down_then_up():
+    with Lan(hosts=2) as lan:
+        server_host, client_host = lan.hosts
+        name = 'flaky link {0}'.format(os.getpid())
+        server, _ = _server(lan, server_host, name)
+        receiver, lines = _receiver(lan, client_host, name)
+        lines.wait_for('frames/s', 30)
+        rss_before = psutil.Process(receiver.pid).memory_info().rss
+        lan.link(client_host, False)
+        lines.wait_for('server went away', 10)
+        time.sleep(3)  # the link stays down a while longer: nothing may pile up
+        lan.link(client_host, True)
+        lines.wait_for(' added', 30)
+        lines.wait_for('frames/s', 10)
+        rss_after = psutil.Process(receiver.pid).memory_info().rss
+        assert rss_after - rss_before < 50 * 2 ** 20
+        assert _finish(lan, receiver, lines) > 30
+        assert lan.stop(server) == 0
+
+
+@pytest.mark.skipif(loss_method() is None, reason='neither tc netem nor nftables works here')
+def test_packet_loss_is_survived_and_never_corrupts():
+    with Lan(hosts=2) as lan:
+        server_host, client_host = lan.hosts
+        name = 'lossy {0}'.format(os.getpid())
+        server, _ = _server(lan, server_host, name)
+        # 2 % of the server's packets lost: TCP retransmits, frames arrive late or are
+        # dropped by the high-water marks, none corrupted.
+        lan.drop_packets(server_host, 2, loss_method())
+        receiver, lines = _receiver(lan, client_host, name)
+        lines.wait_for('frames/s', 30)
+        for _ in range(3):
+            report = lines.wait_for('frames/s', 10)
+            assert 'invalid 0' in report
+        assert _finish(lan, receiver, lines) > 30
+        assert lan.stop(server) == 0
+
+
+SILENT = '''
+import sys, time, asyncio
+from tornado.ioloop import IOLoop
+from streamkinect2.client import Client
+async def main():
+    client = Client(sys.argv[1], io_loop=IOLoop.current())
+    got = asyncio.Event()
+    Client.on_add_kinect.connect(lambda c, kinect_id: c.enable_depth_frames(kinect_id),
+                                 client, weak=False)
+    Client.on_depth_frame.connect(lambda c, depth_frame, kinect_id: got.set(), client,
+                                  weak=False)
+    client.connect()
+    await got.wait()
+    print('subscribed; now never reading again', flush=True)
+    time.sleep(3600)  # blocks the loop: nothing is read from the sockets any more
+asyncio.run(main())
+'''
+
+
+def test_silent_and_slow_subscribers_leave_the_server_bounded():
+    with Lan(hosts=3) as lan:
+        server_host, fast_host, slow_host = lan.hosts
+        name = 'bounded {0}'.format(os.getpid())
+        server, server_lines = _server(lan, server_host, name, '--control-port', '47001')
+        endpoint = 'tcp://{0}:47001'.format(lan.addresses[server_host])
+        silent = lan.popen(fast_host, [sys.executable, '-c', SILENT, endpoint],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=_env())
+        Lines(silent).wait_for('never reading', 30)
+        lan.shape(slow_host, 'tbf', 'rate', '4mbit', 'burst', '32kb', 'latency', '500ms')
+        slow, slow_lines = _receiver(lan, slow_host, name)
+        fast, fast_lines = _receiver(lan, fast_host, name)
+        fast_lines.wait_for('frames/s', 30)
+        slow_lines.wait_for('frames/s', 30)
+        server_ps = psutil.Process(server.pid)
+        rss = [server_ps.memory_info().rss]
+        for _ in range(6):
+            report = fast_lines.wait_for('frames/s', 10)
+            rss.append(server_ps.memory_info().rss)
+        fps = float(report.split(':')[1].split()[0])
+        assert fps > 20, fast_lines.text()
+        assert max(rss) - rss[0] < 30 * 2 ** 20, rss
+        assert _finish(lan, fast, fast_lines) > 100
+        _finish(lan, slow, slow_lines)
         assert lan.stop(server) == 0
