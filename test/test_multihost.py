@@ -23,20 +23,6 @@ def _env():
     return dict(os.environ, PYTHONUNBUFFERED='1')
 
 
-def _read_until(process, text, timeout):
-    """Read *process*'s output lines until one contains *text*; return all lines read."""
-    lines, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if text in line:
-            return lines
-    raise AssertionError('no {0!r} within {1} s; got:\n{2}'.format(text, timeout,
-                                                                  ''.join(lines)))
-
-
 def test_discovery_and_byte_exact_streaming_across_hosts():
     with Lan(hosts=2) as lan:
         server_host, client_host = lan.hosts
@@ -45,7 +31,7 @@ def test_discovery_and_byte_exact_streaming_across_hosts():
             'mock_server_main', '--address', lan.addresses[server_host], '--name', name,
             '--devices', '2'), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env=_env())
-        _read_until(server, 'serving 2 mock device(s)', 20)
+        Lines(server).wait_for('serving 2 mock device(s)', 20)
         receiver = lan.popen(client_host, _tool(
             'receive_main', '--address', lan.addresses[client_host], '--server-name', name,
             '--duration', '4', '--check-mock'), stdout=subprocess.PIPE,
