@@ -1,0 +1,50 @@
+"""Launch the demo: a mock server node and a client node publishing its depth as Images.
+
+    ros2 launch streamkinect2_ros demo.launch.py
+    ros2 launch streamkinect2_ros demo.launch.py mock_count:=2 mock_fps:=15.0
+
+The server announces itself on the loopback interface only (``address:=127.0.0.1``) as
+``server_name``, and the client discovers it there by that name. Images appear on
+``<namespace>/<device>/depth/image_raw`` (``/mock0/depth/image_raw`` by default).
+Without a ROS installation, ``python -m streamkinect2_ros.demo`` does the same.
+"""
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from streamkinect2_ros import client_node, launching, server_node
+
+SERVER_ARGUMENTS = ('mock_count', 'mock_fps', 'mock_ids')
+CLIENT_ARGUMENTS = ('frame_id', 'stamp_source')
+
+
+def launch_setup(context):
+    """Create the server and client nodes, paired by server name and address."""
+    name = LaunchConfiguration('server_name').perform(context)
+    address = LaunchConfiguration('address').perform(context)
+    server = launching.node(
+        context, 'server_node', server_node.NODE_NAME, server_node.PARAMETERS,
+        SERVER_ARGUMENTS, 'server_params_file',
+        fixed={'server_name': name, 'address': address, 'announce': True, 'device': 'mock'})
+    client = launching.node(
+        context, 'client_node', client_node.NODE_NAME, client_node.PARAMETERS,
+        CLIENT_ARGUMENTS, 'client_params_file',
+        fixed={'server_name': name, 'discovery_address': address, 'server_endpoint': ''})
+    return [server, client]
+
+
+def generate_launch_description():
+    """Declare the arguments and start both nodes."""
+    return LaunchDescription(
+        launching.declare_arguments(server_node.PARAMETERS, SERVER_ARGUMENTS,
+                                    'server_params_file', 'server.yaml')
+        + launching.declare_arguments(client_node.PARAMETERS, CLIENT_ARGUMENTS)
+        + [DeclareLaunchArgument('client_params_file',
+                                 default_value=launching.share_path('client.yaml'),
+                                 description='YAML parameter file of the client node'),
+           DeclareLaunchArgument('server_name', default_value='streamkinect2 demo',
+                                 description='Name the server announces and the client '
+                                 'discovers'),
+           DeclareLaunchArgument('address', default_value='127.0.0.1',
+                                 description='Interface the server binds and announces '
+                                 'on, and the client discovers on'),
+           OpaqueFunction(function=launch_setup)])
