@@ -45,7 +45,7 @@ class IOLoopThread(object):
 
     @property
     def is_alive(self):
-        """True while the loop thread runs."""
+        """Return True while the loop thread runs."""
         return self._thread.is_alive()
 
     def call(self, func, *args, timeout=10.0):

@@ -87,7 +87,7 @@ class ServerNode(LoopNode):
 
     @property
     def control_endpoint(self):
-        """The control endpoint clients connect to (None once closed)."""
+        """Return the control endpoint clients connect to (None once closed)."""
         server = self._server
         return server.endpoints.get(EndpointType.control) if server is not None else None
 

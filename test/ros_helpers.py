@@ -69,7 +69,7 @@ class NodeProcess(object):
 
     @property
     def pid(self):
-        """The process id."""
+        """Return the process id."""
         return self.proc.pid
 
     def output(self):

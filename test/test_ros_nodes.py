@@ -8,6 +8,8 @@ import os
 import signal
 import time
 
+import numpy as np
+import psutil
 import pytest
 
 ros_helpers = pytest.importorskip('ros_helpers')  # sets the ROS environment first
@@ -17,8 +19,6 @@ from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
-import numpy as np  # noqa: E402
-import psutil  # noqa: E402
 from streamkinect2 import MockKinect  # noqa: E402
 from streamkinect2_ros.conversions import DEFAULT_DEPTH_INTRINSICS  # noqa: E402
 
@@ -150,7 +150,7 @@ def test_discovered_server_images_parameters_and_shutdown():
         assert client.stop(signal.SIGINT, timeout=10.0) == 0, client.output()
         assert server.stop(signal.SIGTERM, timeout=10.0) == 0, server.output()
         assert 'Traceback' not in client.output() + server.output()
-        assert "stopped" in server.output()
+        assert 'stopped' in server.output()
     for proc in (server, client):
         assert not psutil.pid_exists(proc.pid) or psutil.Process(proc.pid).status() == \
             psutil.STATUS_ZOMBIE
