@@ -6,6 +6,8 @@ that a stale or foreign message cannot pass.
 """
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -186,3 +188,13 @@ def test_client_survives_server_restart_on_fixed_endpoint():
             check_image(inbox.images[-1], frame_id)
         assert client.proc.poll() is None, client.output()
         assert client.stop(signal.SIGTERM, timeout=10.0) == 0, client.output()
+
+
+def test_demo_runner_exits_zero_with_images():
+    proc = subprocess.run(
+        [sys.executable, '-m', 'streamkinect2_ros.demo', '--duration', '4', '--quiet'],
+        env=ros_helpers.node_env(), cwd=ros_helpers.REPO, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60, text=True)
+    assert proc.returncode == 0, proc.stdout
+    assert 'Images/s' in proc.stdout
+    assert "node exit status {'server': 0, 'client': 0}" in proc.stdout
