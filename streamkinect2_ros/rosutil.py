@@ -1,5 +1,7 @@
 """Node plumbing: the IOLoop-backed node base, a logging bridge, and ``main()``."""
 import logging
+import signal
+import threading
 
 from rclpy.node import Node
 import zmq
@@ -103,21 +105,36 @@ class LoopNode(Node):
             self._log_handler = None
 
 
-def run_node(node_class, args=None):
+def run_node(node_class, args=None, poll_period=0.1):
     """Init rclpy, spin a *node_class* instance until shutdown, clean up; return 0 or 1.
 
-    Ctrl-C (SIGINT), SIGTERM and a launch shutdown all end the spin; the node's
-    ``close()`` then releases its sockets and threads before rclpy shuts down.
+    Ctrl-C (SIGINT), SIGTERM and a launch shutdown (SIGINT, then SIGTERM) end the spin;
+    the node's ``close()`` then releases its sockets and threads before rclpy shuts
+    down. The signals are handled here, in Python, rather than by rclpy's own handler:
+    the executor spins in slices of *poll_period* s and checks a flag in between, so a
+    signal is never lost whatever the executor is waiting on (rclpy's handler was seen
+    to leave a node waiting forever when SIGTERM came under load).
     """
     import rclpy
-    from rclpy.executors import ExternalShutdownException
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
 
-    rclpy.init(args=args)
+    stop = threading.Event()
+
+    def request_stop(signum, frame):
+        stop.set()
+
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT,
+                                                                  signal.SIGTERM)}
     node = None
     status = 0
     try:
         node = node_class()
-        rclpy.spin(node)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=poll_period)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as err:  # bad parameters, a device that will not open, ...
@@ -130,4 +147,6 @@ def run_node(node_class, args=None):
             node.close()
             node.destroy_node()
         rclpy.try_shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return status

@@ -37,6 +37,7 @@ def node_env():
     """Return the environment for a node subprocess."""
     env = dict(os.environ)
     env['PYTHONUNBUFFERED'] = '1'
+    env['PYTHONFAULTHANDLER'] = '1'  # SIGABRT on a hung node dumps every thread's stack
     env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     env['ROS_DOMAIN_ID'] = os.environ['ROS_DOMAIN_ID']
     # The package under test, whether installed (colcon) or not (source tree).
@@ -96,8 +97,12 @@ class NodeProcess(object):
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5.0)
+                self.proc.send_signal(signal.SIGABRT)
+                try:
+                    self.proc.wait(5.0)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(5.0)
                 raise AssertionError('node did not exit within {0} s of signal {1}:\n'
                                      '{2}'.format(timeout, sig, self.output()))
         return self.proc.returncode

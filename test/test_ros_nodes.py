@@ -151,7 +151,8 @@ def test_discovered_server_images_parameters_and_shutdown():
         assert server_ports
         assert client.stop(signal.SIGINT, timeout=10.0) == 0, client.output()
         assert server.stop(signal.SIGTERM, timeout=10.0) == 0, server.output()
-        assert 'Traceback' not in client.output() + server.output()
+        for proc in (client, server):
+            assert 'Traceback' not in proc.output(), proc.output()
         assert 'stopped' in server.output()
     for proc in (server, client):
         assert not psutil.pid_exists(proc.pid) or psutil.Process(proc.pid).status() == \
