@@ -331,8 +331,13 @@ class ClientNode(LoopNode):
                                                       intrinsics)
         image = fill_image(Image(), pixels, frame_id, stamp_ns)
         info = fill_camera_info(CameraInfo(), device.camera_fields, frame_id, stamp_ns)
-        device.image_pub.publish(image)
-        device.info_pub.publish(info)
+        try:
+            device.image_pub.publish(image)
+            device.info_pub.publish(info)
+        except Exception:
+            if not self.context.ok():  # shutting down: nothing to publish to
+                return
+            raise
         sequence = depth_frame.sequence
         with self._lock:
             if device.last_sequence is not None and sequence > device.last_sequence:
