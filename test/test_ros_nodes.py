@@ -199,3 +199,22 @@ def test_demo_runner_exits_zero_with_images():
     assert proc.returncode == 0, proc.stdout
     assert 'Images/s' in proc.stdout
     assert "node exit status {'server': 0, 'client': 0}" in proc.stdout
+
+
+def test_client_rediscovers_restarted_server_by_name():
+    device = ros_helpers.unique('mock_')
+    namespace = '/' + ros_helpers.unique('t')
+    server_name = ros_helpers.unique('sk2-test-')
+    with start_client(namespace, server_name=server_name) as client, \
+            ros_helpers.TestSubscriber() as sub:
+        inbox = Inbox(sub, namespace, device)
+        with start_server(server_name, device, announce='true') as first:
+            sub.spin_until(lambda: inbox.images, 30.0, 'Images (first server)')
+            assert first.stop(signal.SIGTERM, timeout=10.0) == 0, first.output()
+        client.wait_for_output('went away', 10.0)
+        restarted = time.time_ns()
+        with start_server(server_name, device, announce='true'):
+            sub.spin_until(lambda: any(stamp_ns(i) > restarted for i in inbox.images),
+                           30.0, 'Images from the re-announced server')
+            check_image(inbox.images[-1], 'kinect2_{0}_depth_optical_frame'.format(device))
+        assert client.stop(signal.SIGINT, timeout=10.0) == 0, client.output()
