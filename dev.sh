@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Set everything up in ./.venv (Python 3.10-3.13, no ROS distribution needed) and run:
-#   ./dev.sh demo [args]   mock server + receiver on loopback, live figures
-#   ./dev.sh test [args]   the whole test suite
-#   ./dev.sh bench         the benchmarks (codec, end to end)
+#   ./dev.sh demo [args]   ROS 2 demo: mock server node + client node, live Images/s
+#   ./dev.sh test [args]   colcon build + colcon test (every test, linters included)
+#   ./dev.sh bench         the benchmarks (codec, end to end, ROS pipeline)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -18,7 +18,8 @@ setup() {
         "$PYTHON" -m venv .venv
     fi
     echo "dev.sh: installing streamkinect2_ros and its dependencies into .venv" >&2
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[ros,test,bench]'
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check \
+        -e '.[ros,test,bench,dev]'
 }
 
 cmd=${1:-help}
@@ -26,16 +27,17 @@ cmd=${1:-help}
 case "$cmd" in
     demo)
         setup
-        exec .venv/bin/streamkinect2-demo "$@"
+        exec .venv/bin/streamkinect2-ros-demo "$@"
         ;;
     test)
         setup
-        exec .venv/bin/python -m pytest test "$@"
+        PATH="$PWD/.venv/bin:$PATH" exec scripts/colcon-test.sh -- "$@"
         ;;
     bench)
         setup
         .venv/bin/python bench/bench_codecs.py "$@"
         .venv/bin/python bench/bench_e2e.py
+        .venv/bin/python bench/bench_ros.py
         ;;
     *)
         sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'

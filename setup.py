@@ -46,6 +46,11 @@ setup(
         'ros': ROS_WHEELS,
         'test': ['pytest>=7', 'hypothesis>=6', 'psutil>=5', 'flake8', 'pydocstyle'],
         'bench': ['lz4>=4', 'pypng', 'psutil>=5'],
+        # colcon and the ament linters (with the flake8 plugins ament_flake8 uses on a ROS
+        # 2 install), for building and testing as a workspace without a ROS distribution.
+        'dev': ['colcon-common-extensions', 'catkin-pkg', 'ros-ament-flake8',
+                'ros-ament-pep257', 'flake8-builtins', 'flake8-comprehensions',
+                'flake8-docstrings', 'flake8-import-order', 'flake8-quotes'],
     },
     zip_safe=True,
     maintainer='streamkinect2_ros developers',
@@ -62,6 +67,7 @@ setup(
             'streamkinect2-receive = streamkinect2.tools:receive_main',
             'streamkinect2-demo = streamkinect2.tools:demo_main',
             'streamkinect2-keygen = streamkinect2.tools:keygen_main',
+            'streamkinect2-ros-demo = streamkinect2_ros.demo:main',
         ],
     },
 )

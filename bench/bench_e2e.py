@@ -13,9 +13,8 @@ import time
 
 import numpy as np
 import psutil
-from tornado.ioloop import IOLoop
-
 from streamkinect2.client import Client
+from tornado.ioloop import IOLoop
 
 
 DEFAULT_REPLAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..',

@@ -18,16 +18,15 @@ import time
 import tracemalloc
 
 import numpy as np
-import zmq
-from zmq.asyncio import Context as AsyncContext
-import zstandard
-
 from streamkinect2 import codec
 from streamkinect2.client import Client
 from streamkinect2.common import EndpointType
 from streamkinect2.compress import encode_frame_message
 from streamkinect2.mock import DepthFrame, MockKinect
 from streamkinect2.server import Server
+import zmq
+from zmq.asyncio import Context as AsyncContext
+import zstandard
 
 LOOPBACK = '127.0.0.1'
 VALID_CONTROL = [[b'\x01'], [b'\x03'], [b'\x03', b'null'], [b'\x01', b'{}']]

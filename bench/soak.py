@@ -15,11 +15,11 @@ import time
 
 import numpy as np
 import psutil
+from streamkinect2.client import Client
 from tornado.ioloop import IOLoop
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_e2e import DEFAULT_REPLAY, start_server  # noqa: E402
-from streamkinect2.client import Client  # noqa: E402
+import bench_e2e  # noqa: E402, I100  (bench/bench_e2e.py: the same server process)
 
 
 def client_main(endpoint, window, devices):
@@ -56,7 +56,7 @@ def main(argv=None):
     parser.add_argument('--fps', type=float, default=30.0)
     parser.add_argument('--window', type=float, default=30.0,
                         help='seconds per client report (first and last are compared)')
-    parser.add_argument('--replay', default=DEFAULT_REPLAY,
+    parser.add_argument('--replay', default=bench_e2e.DEFAULT_REPLAY,
                         help='recorded frames to serve ("" for the synthetic scene)')
     parser.add_argument('--client', metavar='ENDPOINT', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -66,7 +66,7 @@ def main(argv=None):
         args.replay = ''
     window = min(args.window, args.duration / 4)
 
-    server, endpoint = start_server(args.devices, args.fps, args.replay)
+    server, endpoint = bench_e2e.start_server(args.devices, args.fps, args.replay)
     clients = [subprocess.Popen([sys.executable, __file__, '--client', endpoint,
                                  '--window', str(window)], stdout=subprocess.PIPE, text=True,
                                 env=dict(os.environ, PYTHONUNBUFFERED='1'))

@@ -58,7 +58,7 @@ class DepthFrame(object):
 
     @property
     def array(self):
-        """The pixels as a numpy array of shape ``(height, width)``, dtype uint16."""
+        """Return the pixels as a numpy array of shape ``(height, width)``, uint16."""
         return self.data
 
     @property
@@ -174,7 +174,7 @@ class MockKinect(object):
 
     @property
     def is_running(self):
-        """True while the device thread runs."""
+        """Tell whether the device thread runs."""
         return self._thread is not None
 
     def __enter__(self):

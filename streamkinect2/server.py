@@ -192,9 +192,9 @@ class Server(object):
         """Return ``dict(frames_in, frames_out, frames_dropped)`` for a device."""
         compressor = self._devices[kinect_id].compressor
         if compressor is None:
-            return dict(frames_in=0, frames_out=0, frames_dropped=0)
-        return dict(frames_in=compressor.frames_in, frames_out=compressor.frames_out,
-                    frames_dropped=compressor.frames_dropped)
+            return {'frames_in': 0, 'frames_out': 0, 'frames_dropped': 0}
+        return {'frames_in': compressor.frames_in, 'frames_out': compressor.frames_out,
+                'frames_dropped': compressor.frames_dropped}
 
     def _socket(self, socket_type):
         return new_socket(self._ctx, socket_type, self._curve)
@@ -337,7 +337,7 @@ class Server(object):
 
     @property
     def announced_name(self):
-        """The Zeroconf instance name actually registered (None when not announced)."""
+        """Return the Zeroconf instance name registered (None when not announced)."""
         return self._zc_info.name if self._zeroconf is not None else None
 
     # --- control protocol ------------------------------------------------------------

@@ -144,7 +144,7 @@ class Lan(object):
         self.run(self.switch, 'ip', 'link', 'set', port, 'up' if up else 'down')
 
     def shape(self, host, *qdisc):
-        """Replace the root qdisc of *host*'s link, e.g. ``shape(h, 'tbf', 'rate', …)``."""
+        """Replace the root qdisc of *host*'s link with *qdisc* (e.g. tbf and its options)."""
         self.run(host, 'tc', 'qdisc', 'replace', 'dev', 'eth0', 'root', *qdisc)
 
     def drop_packets(self, host, percent, method):

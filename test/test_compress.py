@@ -5,9 +5,8 @@ import threading
 import tracemalloc
 
 from blinker import Signal
-import numpy as np
-
 from conftest import run_async, wait_until
+import numpy as np
 from streamkinect2.client import Client
 from streamkinect2.compress import DepthFrameCompressor
 from streamkinect2.mock import DepthFrame, MockKinect

@@ -4,10 +4,9 @@ import subprocess
 import sys
 import time
 
+from netns import Lan, Lines, loss_method, namespaces_available
 import psutil
 import pytest
-
-from netns import Lan, Lines, loss_method, namespaces_available
 
 pytestmark = pytest.mark.skipif(namespaces_available() is not None,
                                 reason=namespaces_available() or '')
@@ -132,7 +131,7 @@ def test_packet_loss_is_survived_and_never_corrupts():
         assert lan.stop(server) == 0
 
 
-SILENT = '''
+SILENT = """
 import sys, time, asyncio
 from tornado.ioloop import IOLoop
 from streamkinect2.client import Client
@@ -148,7 +147,7 @@ async def main():
     print('subscribed; now never reading again', flush=True)
     time.sleep(3600)  # blocks the loop: nothing is read from the sockets any more
 asyncio.run(main())
-'''
+"""
 
 
 def test_silent_and_slow_subscribers_leave_the_server_bounded():

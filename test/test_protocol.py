@@ -64,9 +64,9 @@ def test_me_validation():
 
 
 def _header(**changes):
-    fields = dict(codec=1, width=512, height=424, flags=0, sequence=2 ** 40 + 7,
-                  timestamp_ns=1_700_000_000_123_456_789, device_timestamp=99,
-                  payload_size=1234)
+    fields = {'codec': 1, 'width': 512, 'height': 424, 'flags': 0,
+              'sequence': 2 ** 40 + 7, 'timestamp_ns': 1_700_000_000_123_456_789,
+              'device_timestamp': 99, 'payload_size': 1234}
     fields.update(changes)
     return FrameHeader(**fields)
 

@@ -3,12 +3,9 @@ import asyncio
 import os
 import stat
 
+from conftest import LOOPBACK, run_async, wait_until
 import numpy as np
 import pytest
-import zmq
-from zmq.asyncio import Context as AsyncContext
-
-from conftest import LOOPBACK, run_async, wait_until
 from streamkinect2.client import Client
 from streamkinect2.common import EndpointType
 from streamkinect2.mock import MockKinect
@@ -16,6 +13,8 @@ from streamkinect2.security import (CurveClientConfig, CurveServerConfig, load_k
                                     load_public_key)
 from streamkinect2.server import Server
 from streamkinect2.tools import keygen_main
+import zmq
+from zmq.asyncio import Context as AsyncContext
 
 
 @pytest.fixture

@@ -3,22 +3,21 @@ import asyncio
 import json
 import time
 
+from conftest import LOOPBACK, run_async, wait_until
 import numpy as np
 import pytest
-import zmq
-from zmq.asyncio import Context as AsyncContext
-
-from conftest import LOOPBACK, run_async, wait_until
 from streamkinect2.client import Client
 from streamkinect2.common import EndpointType
 from streamkinect2.mock import MockKinect
 from streamkinect2.server import Server
+import zmq
+from zmq.asyncio import Context as AsyncContext
 
 EDGE_VALUES = [0, 1, 4095, 4096, 8000, 65535]
 
 
 def edge_frame(sequence):
-    """A frame made of the edge values (and its sequence number in the first pixels)."""
+    """Return a frame of the edge values (its sequence number in the first pixels)."""
     frame = np.resize(np.array(EDGE_VALUES, np.uint16), (424, 512))
     frame = np.roll(frame, sequence, axis=1)
     frame[0, 0:4] = [(sequence >> s) & 0xFFFF for s in (0, 16, 32, 48)]
