@@ -176,3 +176,81 @@ def test_silent_and_slow_subscribers_leave_the_server_bounded():
         assert _finish(lan, fast, fast_lines) > 100
         _finish(lan, slow, slow_lines)
         assert lan.stop(server) == 0
+
+
+# --- the ROS 2 nodes across hosts -----------------------------------------------------
+
+def _ros_available():
+    try:
+        import rclpy  # noqa: F401
+        import sensor_msgs.msg  # noqa: F401
+    except ImportError as err:
+        return 'rclpy is not installed ({0})'.format(err)
+    return None
+
+
+def _node(lan, host, module, **params):
+    args = [sys.executable, '-m', 'streamkinect2_ros.' + module, '--ros-args']
+    for name, value in params.items():
+        args += ['-p', '{0}:={1}'.format(name, value)]
+    env = dict(_env(), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
+               ROS_DOMAIN_ID=str(1 + os.getpid() % 100))
+    process = lan.popen(host, args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                        text=True, env=env)
+    return process, Lines(process)
+
+
+def _probe(lan, host, topic, seconds):
+    env = dict(_env(), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
+               ROS_DOMAIN_ID=str(1 + os.getpid() % 100))
+    process = lan.popen(host, [sys.executable, os.path.join(os.path.dirname(__file__),
+                                                            'ros_probe.py'),
+                               topic, str(seconds)],
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    return process, Lines(process)
+
+
+def _images(line):
+    words = line.split()
+    return int(words[1]), int(words[3])
+
+
+def _wait_images(lines, more_than, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        line = lines.wait_for('images ', max(0.5, deadline - time.monotonic()))
+        images, exact = _images(line)
+        if images > more_than or time.monotonic() > deadline:
+            return images, exact
+
+
+@pytest.mark.skipif(_ros_available() is not None, reason=_ros_available() or '')
+def test_ros_nodes_across_hosts_and_a_server_restart():
+    with Lan(hosts=2) as lan:
+        server_host, client_host = lan.hosts
+        name = 'ros lan {0}'.format(os.getpid())
+        server_params = dict(server_name='"{0}"'.format(name), mock_ids='[cam_a]',
+                             address=lan.addresses[server_host])
+        server, server_lines = _node(lan, server_host, 'server_node', **server_params)
+        client, client_lines = _node(lan, client_host, 'client_node',
+                                     server_name='"{0}"'.format(name),
+                                     discovery_address=lan.addresses[client_host])
+        probe, probe_lines = _probe(lan, client_host, '/cam_a/depth/image_raw', 90)
+        images, exact = _wait_images(probe_lines, 30, 40)
+        assert images > 30 and exact == images, probe_lines.text()
+        assert 'frame_id kinect2_cam_a_depth_optical_frame' in probe_lines.lines[-1]
+
+        # The server dies: the client says so, and publishes nothing stale.
+        server.kill()
+        client_lines.wait_for('went away', 10)
+        stopped, _ = _images(probe_lines.wait_for('images ', 5))
+        time.sleep(2)
+        assert _images(probe_lines.wait_for('images ', 5))[0] == stopped
+        # It comes back: the client finds it again by name and publishes again.
+        server, server_lines = _node(lan, server_host, 'server_node', **server_params)
+        restarted = time.monotonic()
+        images, exact = _wait_images(probe_lines, stopped + 10, 30)
+        assert images > stopped + 10 and exact == images, probe_lines.text()
+        assert time.monotonic() - restarted < 20
+        for process in (client, server):
+            assert lan.stop(process) == 0
