@@ -229,8 +229,8 @@ def test_ros_nodes_across_hosts_and_a_server_restart():
     with Lan(hosts=2) as lan:
         server_host, client_host = lan.hosts
         name = 'ros lan {0}'.format(os.getpid())
-        server_params = dict(server_name='"{0}"'.format(name), mock_ids='[cam_a]',
-                             address=lan.addresses[server_host])
+        server_params = {'server_name': '"{0}"'.format(name), 'mock_ids': '[cam_a]',
+                         'address': lan.addresses[server_host]}
         server, server_lines = _node(lan, server_host, 'server_node', **server_params)
         client, client_lines = _node(lan, client_host, 'client_node',
                                      server_name='"{0}"'.format(name),
