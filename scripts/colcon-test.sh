@@ -54,5 +54,11 @@ if [ ${#pytest_args[@]} -gt 0 ]; then
 fi
 status=0
 colcon test "${test_args[@]}" || status=$?
-colcon test-result --test-result-base build/streamkinect2_ros --verbose || status=$?
+summary=$(colcon test-result --test-result-base build/streamkinect2_ros --verbose) \
+    || status=$?
+echo "$summary"
+# One plain closing line: "colcon: N passed, N failed, N skipped".
+echo "$summary" | awk '/^Summary: /{gsub(",", ""); total=$2; errors=$4; failures=$6;
+    skipped=$8; printf "colcon: %d passed, %d failed, %d skipped\n",
+    total - errors - failures - skipped, errors + failures, skipped}'
 exit $status
