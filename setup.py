@@ -40,12 +40,12 @@ setup(
         'tornado>=6.1',
         'zeroconf>=0.131',
         'blinker>=1.6',
-        'zstandard>=0.21',
+        'zstandard>=0.22',
     ],
     extras_require={
         'ros': ROS_WHEELS,
         'test': ['pytest>=7', 'hypothesis>=6', 'psutil>=5', 'flake8', 'pydocstyle'],
-        'bench': ['lz4>=4', 'pypng', 'psutil>=5'],
+        'bench': ['lz4>=4', 'Pillow', 'psutil>=5'],
         # colcon and the ament linters (with the flake8 plugins ament_flake8 uses on a ROS
         # 2 install), for building and testing as a workspace without a ROS distribution.
         'dev': ['colcon-common-extensions', 'catkin-pkg', 'ros-ament-flake8',

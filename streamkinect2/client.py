@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_FRAME_PIXELS = 1024 * 1024
 #: Depth messages a client's socket queues before the newest are dropped.
 DEPTH_RECV_HWM = 4
+#: Seconds between two warnings about invalid depth messages from one device.
+INVALID_LOG_PERIOD = 5.0
 
 
 class FrameStats(object):
@@ -115,6 +117,7 @@ class Client(object):
         self._io_loop = io_loop if io_loop is not None else IOLoop.current()
         self._control_stream = None
         self._depth_streams = {}
+        self._invalid_logged = {}
         self._queue = collections.deque()
         self._in_flight = None
         self._last_sent = 0.0
@@ -329,7 +332,7 @@ class Client(object):
             depth_frame = self.decode_depth_message(frames)
         except ProtocolError as err:
             stats.invalid += 1
-            log.warning('Dropped invalid depth message from %s: %s', kinect_id, err)
+            self._warn_invalid(kinect_id, stats, err)
             return
         stats.payload_bytes += sum(len(f.buffer) if hasattr(f, 'buffer') else len(f)
                                    for f in frames)
@@ -340,6 +343,18 @@ class Client(object):
         stats.received += 1
         stats.last_latency = time.time() - depth_frame.timestamp
         self.on_depth_frame.send(self, depth_frame=depth_frame, kinect_id=kinect_id)
+
+    def _warn_invalid(self, kinect_id, stats, err):
+        # One warning per INVALID_LOG_PERIOD per device: a flood of bad messages must
+        # not become a flood of log lines.
+        now = time.monotonic()
+        last_at, last_count = self._invalid_logged.get(kinect_id, (None, 0))
+        if last_at is not None and now - last_at < INVALID_LOG_PERIOD:
+            return
+        self._invalid_logged[kinect_id] = (now, stats.invalid)
+        log.warning('Dropped %d invalid depth message(s) from %s%s; last: %s',
+                    stats.invalid - last_count, kinect_id,
+                    '' if last_at is None else ' in {0:.0f} s'.format(now - last_at), err)
 
     def decode_depth_message(self, frames):
         """Decode and validate one depth message (list of frames) into a DepthFrame.
