@@ -26,6 +26,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
 from sensor_msgs.msg import CameraInfo, Image
 from streamkinect2 import Client, ServerBrowser
+from streamkinect2.security import CurveClientConfig
 from tornado.ioloop import PeriodicCallback
 
 from .conversions import (camera_info_fields, fill_camera_info, fill_image, frame_id_for,
@@ -68,6 +69,10 @@ PARAMETERS = (
               'is not answering', True),
     ParamSpec('response_timeout', 2.0, 'Seconds without a reply after which the server '
               'is considered gone', True),
+    ParamSpec('curve_secret_file', '', "CURVE security: this client's .key_secret file "
+              '(made by streamkinect2-keygen); empty: security off', True),
+    ParamSpec('curve_server_key', '', "CURVE security: the server's public key (40 Z85 "
+              'characters) or its .key file', True),
 )
 
 
@@ -105,6 +110,12 @@ class ClientNode(LoopNode):
         self._devices = {}
         self.params = params = declare_all(self, PARAMETERS)
         self._check(params)
+        self._curve = None
+        if params['curve_secret_file'] or params['curve_server_key']:
+            if not (params['curve_secret_file'] and params['curve_server_key']):
+                raise ValueError('curve_secret_file and curve_server_key go together')
+            self._curve = CurveClientConfig(params['curve_secret_file'],
+                                            params['curve_server_key'])
         self.frame_id = params['frame_id']
         self.stamp_source = params['stamp_source']
         self._wanted = set(params['devices'])
@@ -226,7 +237,8 @@ class ClientNode(LoopNode):
         self._waiting_logged = False
         if client is None or endpoint != self._client_endpoint:
             self._drop_client()
-            client = Client(endpoint, zmq_ctx=self.zmq_ctx, io_loop=self.loop.io_loop)
+            client = Client(endpoint, zmq_ctx=self.zmq_ctx, io_loop=self.loop.io_loop,
+                            curve=self._curve)
             client.heartbeat_period = max(50, int(self.params['response_timeout'] * 250))
             client.response_timeout = int(self.params['response_timeout'] * 1000)
             Client.on_connect.connect(self._on_connect, sender=client)

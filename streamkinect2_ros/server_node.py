@@ -11,6 +11,7 @@ import sys
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from streamkinect2 import EndpointType, Server
+from streamkinect2.security import CurveServerConfig
 
 from .backends import create_devices
 from .params import declare_all, ParamSpec
@@ -36,6 +37,10 @@ PARAMETERS = (
               'are generated as mock-<random>', True),
     ParamSpec('diagnostics_period', 1.0, 'Seconds between diagnostic_msgs/DiagnosticArray '
               'messages on /diagnostics; 0: none', True),
+    ParamSpec('curve_secret_file', '', "CURVE security: the server's .key_secret file "
+              '(made by streamkinect2-keygen); empty: security off', True),
+    ParamSpec('curve_allowed_clients', [], 'CURVE security: public keys (40 Z85 characters) '
+              'or .key files of the clients admitted; nobody else gets anything', True),
 )
 
 
@@ -46,6 +51,7 @@ class ServerNode(LoopNode):
         """Declare the parameters, open the devices and start serving."""
         super().__init__(NODE_NAME, **kwargs)
         self._server = None
+        self._curve = None
         self._devices = []
         self.params = declare_all(self, PARAMETERS)
         try:
@@ -63,6 +69,12 @@ class ServerNode(LoopNode):
         params = self.params
         options = {name: value for name, value in params.items()
                    if name.startswith(params['device'] + '_')}
+        self._curve = None
+        if params['curve_secret_file']:
+            self._curve = CurveServerConfig(params['curve_secret_file'],
+                                            params['curve_allowed_clients'])
+        elif params['curve_allowed_clients']:
+            raise ValueError('curve_allowed_clients needs curve_secret_file')
         self._devices = create_devices(params['device'], options)
         self.start_loop('streamkinect2-server-ioloop')
         control = self.loop.call(self._start_on_loop)
@@ -77,7 +89,8 @@ class ServerNode(LoopNode):
         self._server = Server(
             address=params['address'] or None, name=params['server_name'] or None,
             zmq_ctx=self.zmq_ctx, io_loop=self.loop.io_loop,
-            announce=params['announce'], control_port=params['control_port'] or None)
+            announce=params['announce'], control_port=params['control_port'] or None,
+            curve=self._curve)
         for device in self._devices:
             self._server.add_kinect(device)
         self._server.start()

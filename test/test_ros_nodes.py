@@ -218,3 +218,31 @@ def test_client_rediscovers_restarted_server_by_name():
                            30.0, 'Images from the re-announced server')
             check_image(inbox.images[-1], 'kinect2_{0}_depth_optical_frame'.format(device))
         assert client.stop(signal.SIGINT, timeout=10.0) == 0, client.output()
+
+
+def test_curve_parameters_admit_only_the_listed_client(tmp_path):
+    from streamkinect2.security import make_keypair
+    server_public, server_secret = make_keypair(str(tmp_path), 'server')
+    good_public, good_secret = make_keypair(str(tmp_path), 'good')
+    _, bad_secret = make_keypair(str(tmp_path), 'bad')
+    device = ros_helpers.unique('mock_')
+    port = ros_helpers.free_port()
+    endpoint = 'tcp://{0}:{1}'.format(LOOPBACK, port)
+    good_ns, bad_ns = '/' + ros_helpers.unique('good'), '/' + ros_helpers.unique('bad')
+    with start_server(ros_helpers.unique('sk2-curve-'), device, announce='false',
+                      control_port=port, curve_secret_file=server_secret,
+                      curve_allowed_clients='["{0}"]'.format(good_public)), \
+            start_client(good_ns, server_endpoint=endpoint, curve_secret_file=good_secret,
+                         curve_server_key=server_public) as good, \
+            start_client(bad_ns, server_endpoint=endpoint, curve_secret_file=bad_secret,
+                         curve_server_key=server_public) as bad, \
+            ros_helpers.TestSubscriber() as sub:
+        good_inbox, bad_inbox = Inbox(sub, good_ns, device), Inbox(sub, bad_ns, device)
+        sub.spin_until(lambda: len(good_inbox.images) >= 3, 30.0, 'Images (admitted)')
+        check_image(good_inbox.images[-1], 'kinect2_{0}_depth_optical_frame'.format(device))
+        # The other client has had as long plus two more seconds: it got nothing at all.
+        deadline = time.monotonic() + 2.0
+        sub.spin_until(lambda: time.monotonic() > deadline, 5.0, 'two more seconds')
+        assert bad_inbox.images == [] and bad_inbox.infos == []
+        assert 'Connected to server' in good.output()
+        assert 'Connected to server' not in bad.output()
