@@ -21,13 +21,16 @@ DEFAULT_REPLAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 
                               'shared', 'data', 'depth', 'kinect2_room_calibration.npz')
 
 
-def start_server(devices, fps, replay):
-    """Start a mock server process on loopback; return (process, control endpoint)."""
+def start_server(devices, fps, replay, lifetime=600):
+    """Start a mock server process on loopback; return (process, control endpoint).
+
+    The server stops by itself after *lifetime* seconds, should this script be killed.
+    """
     code = 'import sys; from streamkinect2.tools import mock_server_main; ' \
            'sys.exit(mock_server_main())'
     process = subprocess.Popen(
         [sys.executable, '-c', code, '--address', '127.0.0.1', '--no-announce',
-         '--devices', str(devices), '--fps', str(fps), '--duration', '600']
+         '--devices', str(devices), '--fps', str(fps), '--duration', str(lifetime)]
         + (['--replay', replay] if replay else []),
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env=dict(os.environ, PYTHONUNBUFFERED='1'))

@@ -66,7 +66,8 @@ def main(argv=None):
         args.replay = ''
     window = min(args.window, args.duration / 4)
 
-    server, endpoint = bench_e2e.start_server(args.devices, args.fps, args.replay)
+    server, endpoint = bench_e2e.start_server(args.devices, args.fps, args.replay,
+                                              lifetime=args.duration + 300)
     clients = [subprocess.Popen([sys.executable, __file__, '--client', endpoint,
                                  '--window', str(window)], stdout=subprocess.PIPE, text=True,
                                 env=dict(os.environ, PYTHONUNBUFFERED='1'))
