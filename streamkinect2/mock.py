@@ -10,7 +10,7 @@ import uuid
 from blinker import Signal
 import numpy as np
 
-from .common import send_isolated
+from .common import DeviceLifetime, send_isolated
 
 __all__ = ['DepthFrame', 'MockKinect', 'DEPTH_WIDTH', 'DEPTH_HEIGHT',
            'KINECT2_DEFAULT_DEPTH_CAMERA']
@@ -99,7 +99,7 @@ _SCENE = _mock_scene()
 _SCENE.setflags(write=False)
 
 
-class MockKinect(object):
+class MockKinect(DeviceLifetime):
     """A mock Kinect device.
 
     This class implements a "virtual" Kinect which generates mock data, about 30 frames
@@ -171,20 +171,6 @@ class MockKinect(object):
             log.warning('MockKinect %s thread did not stop within 1 s',
                         self.unique_kinect_id)
         self._thread = None
-
-    @property
-    def is_running(self):
-        """Tell whether the device thread runs."""
-        return self._thread is not None
-
-    def __enter__(self):
-        """Start the device."""
-        self.start()
-        return self
-
-    def __exit__(self, exc_type, exc_value, traceback):
-        """Stop the device."""
-        self.stop()
 
     def _run(self):
         period = 1.0 / self.fps

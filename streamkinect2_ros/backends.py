@@ -5,9 +5,9 @@ device objects with the interface of :py:class:`streamkinect2.MockKinect`:
 ``unique_kinect_id``, a ``on_depth_frame`` blinker signal, ``start()`` and ``stop()``.
 The server node picks the factory named by its ``device`` parameter.
 
-``mock`` is built in. ``freenect2`` (real Kinect v2 sensors through the optional
-pylibfreenect2 package) is reserved for the backend a later change adds: it registers
-itself here with :py:func:`register_backend`.
+``mock`` is built in. ``freenect2`` drives real Kinect v2 sensors through the optional
+pylibfreenect2 package (:py:mod:`streamkinect2.freenect2_device`); without it, asking for
+it fails at start-up with one message that says how to install it or use the mock.
 """
 from streamkinect2 import MockKinect
 
@@ -66,14 +66,23 @@ def mock_devices(options):
     return [MockKinect(fps=fps, unique_kinect_id=kinect_id or None) for kinect_id in ids]
 
 
-def _freenect2_devices(options):
+def freenect2_devices(options):
+    """Open the sensors ``freenect2_serials`` (empty: all) with ``freenect2_pipeline``.
+
+    Depth outside ``freenect2_min_depth`` .. ``freenect2_max_depth`` (mm) becomes 0; a
+    sensor silent for ``freenect2_frame_timeout`` seconds is reported lost.
+    """
+    from streamkinect2.freenect2_device import Freenect2Unavailable, open_devices
     try:
-        import pylibfreenect2  # noqa: F401 (optional dependency)
-    except ImportError:
-        raise BackendError('device "freenect2" needs the optional pylibfreenect2 package '
-                           '(and libfreenect2)') from None
-    raise BackendError('the freenect2 backend is not implemented yet; use device "mock"')
+        return open_devices(
+            serials=[str(s) for s in options.get('freenect2_serials') or []],
+            pipeline=str(options.get('freenect2_pipeline', 'auto')),
+            min_depth=int(options.get('freenect2_min_depth', 500)),
+            max_depth=int(options.get('freenect2_max_depth', 4500)),
+            frame_timeout=float(options.get('freenect2_frame_timeout', 2.0)))
+    except (Freenect2Unavailable, ValueError) as err:
+        raise BackendError('device "freenect2": {0}'.format(err)) from None
 
 
 register_backend('mock', mock_devices)
-register_backend('freenect2', _freenect2_devices)
+register_backend('freenect2', freenect2_devices)

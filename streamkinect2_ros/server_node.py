@@ -28,13 +28,22 @@ PARAMETERS = (
               'empty: the interface holding the default route', True),
     ParamSpec('announce', True, 'Announce the server over Zeroconf (_kinect2._tcp)', True),
     ParamSpec('control_port', 0, 'TCP port of the control endpoint; 0: a free port', True),
-    ParamSpec('device', 'mock', 'Device backend: ' + ', '.join(
-        ['mock', 'freenect2 (real sensors, optional pylibfreenect2; not implemented yet)']),
-        True),
+    ParamSpec('device', 'mock', 'Device backend: mock (synthetic frames), or freenect2 (real '
+              'Kinect v2 sensors through the optional pylibfreenect2)', True),
     ParamSpec('mock_count', 1, 'device=mock: number of mock devices', True),
     ParamSpec('mock_fps', 30.0, 'device=mock: frames per second of each mock device', True),
     ParamSpec('mock_ids', [], 'device=mock: device ids (at most mock_count); missing ids '
               'are generated as mock-<random>', True),
+    ParamSpec('freenect2_serials', [], 'device=freenect2: serial numbers of the sensors to '
+              'serve; unset or empty: every connected sensor', True),
+    ParamSpec('freenect2_pipeline', 'auto', 'device=freenect2: libfreenect2 packet pipeline: '
+              'auto, cuda, opencl, opengl or cpu; falls back to the next available', True),
+    ParamSpec('freenect2_min_depth', 500, 'device=freenect2: nearest depth kept, mm; nearer '
+              'is 0 (no reading)', True),
+    ParamSpec('freenect2_max_depth', 4500, 'device=freenect2: farthest depth kept, mm (at '
+              'most 65535); farther is 0 (no reading)', True),
+    ParamSpec('freenect2_frame_timeout', 2.0, 'device=freenect2: seconds without a frame '
+              'after which a sensor counts as unplugged and is removed', True),
     ParamSpec('diagnostics_period', 1.0, 'Seconds between diagnostic_msgs/DiagnosticArray '
               'messages on /diagnostics; 0: none', True),
     ParamSpec('curve_secret_file', '', "CURVE security: the server's .key_secret file "
@@ -76,6 +85,10 @@ class ServerNode(LoopNode):
         elif params['curve_allowed_clients']:
             raise ValueError('curve_allowed_clients needs curve_secret_file')
         self._devices = create_devices(params['device'], options)
+        for device in self._devices:
+            lost = getattr(type(device), 'on_device_lost', None)
+            if lost is not None:
+                lost.connect(self._on_device_lost, sender=device)
         self.start_loop('streamkinect2-server-ioloop')
         control = self.loop.call(self._start_on_loop)
         self.get_logger().info('Server {0!r} control endpoint {1} ({2}); devices: {3}'.format(
@@ -98,6 +111,20 @@ class ServerNode(LoopNode):
             device.start()
         return self._server.endpoints[EndpointType.control]
 
+    def _on_device_lost(self, device):
+        # Device thread: hand over to the loop, which owns the server.
+        self.loop.io_loop.add_callback(self._remove_lost, device)
+
+    def _remove_lost(self, device):
+        server = self._server
+        if server is None or device not in server.kinects:
+            return
+        server.remove_kinect(device)  # clients see on_remove_kinect at their next who
+        device.stop()
+        self.get_logger().error('Sensor {0} lost (unplugged?): removed; still serving: '
+                                '{1}'.format(device.unique_kinect_id, ', '.join(
+                                    k.unique_kinect_id for k in server.kinects) or 'none'))
+
     @property
     def control_endpoint(self):
         """Return the control endpoint clients connect to (None once closed)."""
@@ -114,7 +141,7 @@ class ServerNode(LoopNode):
         if server is None or not server.is_running:
             return {}
         return {device.unique_kinect_id: server.device_stats(device.unique_kinect_id)
-                for device in self._devices}
+                for device in server.kinects}
 
     def _publish_diagnostics(self):
         try:
