@@ -214,7 +214,8 @@ def test_server_node_with_a_sensor_to_client_node_image_and_intrinsics(monkeypat
     with ros_helpers.NodeProcess('server_node', server_params) as server, \
             ros_helpers.NodeProcess('client_node', {
                 'server_endpoint': 'tcp://{0}:{1}'.format(LOOPBACK, port),
-                'response_timeout': 1.0, 'reconnect_period': 0.5}, namespace=namespace), \
+                'response_timeout': 1.0, 'reconnect_period': 0.5},
+                namespace=namespace) as client, \
             ros_helpers.TestSubscriber() as sub:
         images, infos = [], []
         topic = '{0}/kinect2_007357/depth/'.format(namespace)
@@ -237,6 +238,7 @@ def test_server_node_with_a_sensor_to_client_node_image_and_intrinsics(monkeypat
         # The second sensor goes silent after 2 s: reported, removed, the first serves on.
         server.wait_for_output('Sensor 008400 lost (unplugged?): removed; still serving: '
                                '007357', 15.0)
+        client.wait_for_output('Device 008400 was removed from the server', 5.0)
         count = len(images)
         sub.spin_until(lambda: len(images) > count + 10, 10.0, 'Images after the unplug')
         assert server.stop() == 0, server.output()
