@@ -146,7 +146,8 @@ class Client(object):
         self._identified = False
         self._queue.clear()
         self._in_flight = None
-        period = max(10, min(100, self.heartbeat_period / 2, self.response_timeout / 4))
+        self._heartbeat_ms = self.heartbeat_period  # fixed until the next connect()
+        period = max(10, min(100, self._heartbeat_ms / 2, self.response_timeout / 4))
         self._ticker = PeriodicCallback(self._tick, period)
         self._ticker.start()
         self._who()
@@ -227,7 +228,7 @@ class Client(object):
         if request is not None:
             if (now - request.sent_at) * 1000 > self.response_timeout:
                 self._disconnect('no reply within {0} ms'.format(self.response_timeout))
-        elif not self._queue and (now - self._last_sent) * 1000 >= self.heartbeat_period:
+        elif not self._queue and (now - self._last_sent) * 1000 >= self._heartbeat_ms:
             self._who()  # heartbeat, which also refreshes the device list
 
     def _on_control_recv(self, frames):

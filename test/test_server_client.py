@@ -97,6 +97,7 @@ def test_two_devices_added_and_removed_while_running():
             client.heartbeat_period = 50
             recorder = Recorder(client)
             client.connect()
+            client.heartbeat_period = 60000  # ignored once connected, as documented
             await wait_until(lambda: ('add', first.unique_kinect_id) in recorder.events,
                              10, 'first device')
             server.add_kinect(second)
