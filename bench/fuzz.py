@@ -276,18 +276,14 @@ def main(argv=None):
     parser.add_argument('--seed', type=int, default=int.from_bytes(os.urandom(4), 'big'))
     args = parser.parse_args(argv)
     print('seed', args.seed)
-    started = time.monotonic()
-    counts = asyncio.run(run_control_fuzz(args.control, args.seed))
-    print('control endpoint, {0} messages in {1:.0f} s:'.format(
-        args.control, time.monotonic() - started))
-    for key, value in sorted(counts.items()):
-        print('  {0:32s} {1}'.format(key, value))
-    started = time.monotonic()
-    counts = asyncio.run(run_depth_fuzz(args.depth, args.seed))
-    print('client depth endpoint, {0} malformed messages in {1:.0f} s:'.format(
-        args.depth, time.monotonic() - started))
-    for key, value in sorted(counts.items()):
-        print('  {0:32s} {1}'.format(key, value))
+    for title, fuzzer, count in (
+            ('control endpoint, {0} messages', run_control_fuzz, args.control),
+            ('client depth endpoint, {0} malformed messages', run_depth_fuzz, args.depth)):
+        started = time.monotonic()
+        counts = asyncio.run(fuzzer(count, args.seed))
+        print((title + ' in {1:.0f} s:').format(count, time.monotonic() - started))
+        for key, value in sorted(counts.items()):
+            print('  {0:32s} {1}'.format(key, value))
     return 0
 
 
