@@ -226,31 +226,35 @@ def _wait_images(lines, more_than, timeout):
 
 @pytest.mark.skipif(_ros_available() is not None, reason=_ros_available() or '')
 def test_ros_nodes_across_hosts_and_a_server_restart():
-    with Lan(hosts=2) as lan:
-        server_host, client_host = lan.hosts
+    with Lan(hosts=3) as lan:
+        server_host, client_hosts = lan.hosts[0], lan.hosts[1:]
         name = 'ros lan {0}'.format(os.getpid())
         server_params = {'server_name': '"{0}"'.format(name), 'mock_ids': '[cam_a]',
                          'address': lan.addresses[server_host]}
-        server, server_lines = _node(lan, server_host, 'server_node', **server_params)
-        client, client_lines = _node(lan, client_host, 'client_node',
-                                     server_name='"{0}"'.format(name),
-                                     discovery_address=lan.addresses[client_host])
-        probe, probe_lines = _probe(lan, client_host, '/cam_a/depth/image_raw', 90)
-        images, exact = _wait_images(probe_lines, 30, 40)
-        assert images > 30 and exact == images, probe_lines.text()
-        assert 'frame_id kinect2_cam_a_depth_optical_frame' in probe_lines.lines[-1]
+        server, _ = _node(lan, server_host, 'server_node', **server_params)
+        clients, probes = [], []
+        for host in client_hosts:  # a client node and a subscriber on each other host
+            clients.append(_node(lan, host, 'client_node', server_name='"{0}"'.format(name),
+                                 discovery_address=lan.addresses[host]))
+            probes.append(_probe(lan, host, '/cam_a/depth/image_raw', 90)[1])
+        for probe_lines in probes:
+            images, exact = _wait_images(probe_lines, 30, 40)
+            assert images > 30 and exact == images, probe_lines.text()
+            assert 'frame_id kinect2_cam_a_depth_optical_frame' in probe_lines.lines[-1]
 
-        # The server dies: the client says so, and publishes nothing stale.
+        # The server dies: the clients say so, and publish nothing stale.
         server.kill()
-        client_lines.wait_for('went away', 10)
-        stopped, _ = _images(probe_lines.wait_for('images ', 5))
-        time.sleep(2)
-        assert _images(probe_lines.wait_for('images ', 5))[0] == stopped
-        # It comes back: the client finds it again by name and publishes again.
-        server, server_lines = _node(lan, server_host, 'server_node', **server_params)
+        for _, client_lines in clients:
+            client_lines.wait_for('went away', 10)
+        stopped = [_images(p.wait_for('images ', 5))[0] for p in probes]
+        time.sleep(2)  # a window in which nothing may arrive
+        assert [_images(p.wait_for('images ', 5))[0] for p in probes] == stopped
+        # It comes back: each client finds it again by name and publishes again.
+        server, _ = _node(lan, server_host, 'server_node', **server_params)
         restarted = time.monotonic()
-        images, exact = _wait_images(probe_lines, stopped + 10, 30)
-        assert images > stopped + 10 and exact == images, probe_lines.text()
-        assert time.monotonic() - restarted < 20
-        for process in (client, server):
+        for probe_lines, before in zip(probes, stopped):
+            images, exact = _wait_images(probe_lines, before + 10, 30)
+            assert images > before + 10 and exact == images, probe_lines.text()
+        assert time.monotonic() - restarted < 25
+        for process in [c for c, _ in clients] + [server]:
             assert lan.stop(process) == 0
