@@ -23,6 +23,7 @@ from streamkinect2.client import Client
 from streamkinect2.common import EndpointType
 from streamkinect2.compress import encode_frame_message
 from streamkinect2.mock import DepthFrame, MockKinect
+from streamkinect2.protocol import FRAME_HEADER_FORMAT, FRAME_HEADER_SIZE
 from streamkinect2.server import Server
 import zmq
 from zmq.asyncio import Context as AsyncContext
@@ -155,7 +156,8 @@ def make_bombs():
 
 # Header bytes whose corruption must be detected: all but the free-running fields
 # (flags, sequence, timestamps), which a receiver has no way to check.
-_CHECKED_HEADER_BYTES = list(range(0, 12)) + list(range(40, 44))
+_CHECKED_HEADER_BYTES = (list(range(struct.calcsize(FRAME_HEADER_FORMAT[:8])))
+                         + list(range(FRAME_HEADER_SIZE - 4, FRAME_HEADER_SIZE)))
 
 
 def depth_message(rng, valid, bombs):
@@ -167,18 +169,18 @@ def depth_message(rng, valid, bombs):
     if choice == 1:  # truncated payload
         return [header, payload[:rng.randrange(len(payload))]]
     if choice == 2:  # header fields lying about the size
-        fields = list(struct.unpack('<4sBBHHHIQqQI', header))
+        fields = list(struct.unpack(FRAME_HEADER_FORMAT, header))
         fields[rng.choice([4, 5])] = rng.choice([0, 1, 511, 513, 4096, 65535])
-        return [struct.pack('<4sBBHHHIQqQI', *fields), payload]
+        return [struct.pack(FRAME_HEADER_FORMAT, *fields), payload]
     if choice == 3:  # unknown codec
-        fields = list(struct.unpack('<4sBBHHHIQqQI', header))
+        fields = list(struct.unpack(FRAME_HEADER_FORMAT, header))
         fields[2] = rng.choice([c for c in range(256) if c not in codec.CODEC_NAMES])
-        return [struct.pack('<4sBBHHHIQqQI', *fields), payload]
+        return [struct.pack(FRAME_HEADER_FORMAT, *fields), payload]
     if choice == 4:  # decompression bomb: a small zstd frame claiming 100+ MB
         bomb = rng.choice(bombs)
-        fields = list(struct.unpack('<4sBBHHHIQqQI', header))
+        fields = list(struct.unpack(FRAME_HEADER_FORMAT, header))
         fields[10] = len(bomb)
-        return [struct.pack('<4sBBHHHIQqQI', *fields), bomb]
+        return [struct.pack(FRAME_HEADER_FORMAT, *fields), bomb]
     if choice == 5:  # bit flips in the payload
         mutated = bytearray(payload)
         for _ in range(rng.randrange(1, 8)):
@@ -230,7 +232,7 @@ async def run_depth_fuzz(count, seed):
         message = encode_frame_message(DepthFrame(MockKinect.render_frame(0)))
         # Subscriptions take a moment: wait until a valid frame gets through.
         while not good and time.monotonic() < deadline:
-            await pub.send_multipart([message[:44], message[44:]])
+            await pub.send_multipart(list(message.parts))
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.3)  # let warm-up frames still in flight arrive
         warmup = len(good)
@@ -242,7 +244,7 @@ async def run_depth_fuzz(count, seed):
             sequence = index + 1
             frame = DepthFrame(MockKinect.render_frame(sequence), sequence=sequence)
             message = encode_frame_message(frame)
-            valid = (message[:44], message[44:])
+            valid = tuple(bytes(p) for p in message.parts)
             await pub.send_multipart(depth_message(rng, valid, bombs))
             counts['malformed sent'] += 1
             if index % 10 == 0:

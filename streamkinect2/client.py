@@ -10,8 +10,8 @@ from zmq.eventloop.zmqstream import ZMQStream
 
 from . import codec as _codec
 from .common import EndpointType, ProtocolError
-from .mock import DepthFrame
-from .protocol import (decode_control, encode_control, MessageType, unpack_frame_header,
+from .device import DepthFrame
+from .protocol import (decode_control, decode_frame_message, encode_control, MessageType,
                        validate_me_payload)
 from .security import new_socket
 
@@ -362,14 +362,7 @@ class Client(object):
 
         Raises :py:class:`ProtocolError` if the message is malformed in any way.
         """
-        if len(frames) != 2:
-            raise ProtocolError('depth message must have 2 frames, got {0}'.format(
-                len(frames)))
-        header_buf, payload = (f.buffer if hasattr(f, 'buffer') else f for f in frames)
-        header = unpack_frame_header(header_buf, self.max_frame_pixels)
-        if header.payload_size != len(payload):
-            raise ProtocolError('payload is {0} bytes, header says {1}'.format(
-                len(payload), header.payload_size))
+        header, payload = decode_frame_message(frames, self.max_frame_pixels)
         pixels = _codec.decode(payload, header.width, header.height, header.codec)
         return DepthFrame(pixels, sequence=header.sequence, timestamp_ns=header.timestamp_ns,
                           device_timestamp=header.device_timestamp)

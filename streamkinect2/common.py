@@ -3,7 +3,7 @@ import enum
 import logging
 
 __all__ = ['EndpointType', 'ProtocolError', 'ZC_SERVICE_TYPE', 'PROTOCOL_VERSION',
-           'send_isolated', 'DeviceLifetime']
+           'send_isolated']
 
 logging.getLogger('streamkinect2').addHandler(logging.NullHandler())
 log = logging.getLogger(__name__)
@@ -44,27 +44,3 @@ def send_isolated(signal, sender, **kwargs):
             receiver(sender, **kwargs)
         except Exception:
             log.exception('Error in %r receiving from %r', receiver, sender)
-
-
-class DeviceLifetime(object):
-    """``is_running`` and the with-statement for devices that run a ``_thread``.
-
-    Subclasses provide ``start()`` and ``stop()`` and set ``_thread`` while running.
-    """
-
-    _thread = None
-
-    @property
-    def is_running(self):
-        """Tell whether the device thread runs."""
-        return self._thread is not None
-
-    def __enter__(self):
-        """Start the device."""
-        self.start()
-        return self
-
-    def __exit__(self, exc_type, exc_value, traceback):
-        """Stop the device if it still runs."""
-        if self._thread is not None:
-            self.stop()

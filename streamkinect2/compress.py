@@ -6,7 +6,8 @@ from blinker import Signal
 from tornado.ioloop import IOLoop
 
 from . import codec as _codec
-from .protocol import FrameHeader, pack_frame_header
+from .device import as_depth_frame
+from .protocol import FrameHeader, FrameMessage
 
 __all__ = ['DepthFrameCompressor', 'encode_frame_message']
 
@@ -14,14 +15,18 @@ log = logging.getLogger(__name__)
 
 
 def encode_frame_message(depth_frame, codec=None):
-    """Return the wire message (header then payload, one bytes object) for *depth_frame*."""
+    """Return the :py:class:`~.protocol.FrameMessage` for *depth_frame*.
+
+    *depth_frame* is a :py:class:`~.device.DepthFrame`, or any object with the reference
+    API's ``data`` and ``shape`` (see :py:func:`~.device.as_depth_frame`).
+    """
     codec = _codec.DEFAULT_CODEC if codec is None else codec
+    depth_frame = as_depth_frame(depth_frame)
     pixels = depth_frame.array
     payload = _codec.encode(pixels, codec)
     header = FrameHeader(codec, pixels.shape[1], pixels.shape[0], 0, depth_frame.sequence,
-                         depth_frame.timestamp_ns, depth_frame.device_timestamp,
-                         len(payload))
-    return pack_frame_header(header) + payload
+                         depth_frame.timestamp_ns, depth_frame.device_timestamp, 0)
+    return FrameMessage.build(header, payload)
 
 
 class DepthFrameCompressor(object):

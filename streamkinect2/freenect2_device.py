@@ -17,8 +17,8 @@ import time
 from blinker import Signal
 import numpy as np
 
-from .common import DeviceLifetime, send_isolated
-from .mock import DEPTH_HEIGHT, DEPTH_WIDTH, DepthFrame
+from .common import send_isolated
+from .device import DEPTH_HEIGHT, DEPTH_WIDTH, DepthFrame, DeviceLifetime
 
 __all__ = ['Freenect2Kinect', 'Freenect2Unavailable', 'depth_to_uint16', 'list_serials',
            'open_devices', 'PIPELINES']

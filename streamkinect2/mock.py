@@ -10,66 +10,14 @@ import uuid
 from blinker import Signal
 import numpy as np
 
-from .common import DeviceLifetime, send_isolated
+from .common import send_isolated
+from .device import (DEPTH_HEIGHT, DEPTH_WIDTH, DepthFrame, DeviceLifetime,
+                     KINECT2_DEFAULT_DEPTH_CAMERA)
 
 __all__ = ['DepthFrame', 'MockKinect', 'DEPTH_WIDTH', 'DEPTH_HEIGHT',
            'KINECT2_DEFAULT_DEPTH_CAMERA']
 
 log = logging.getLogger(__name__)
-
-#: Width of a Kinect v2 depth frame in pixels.
-DEPTH_WIDTH = 512
-#: Height of a Kinect v2 depth frame in pixels.
-DEPTH_HEIGHT = 424
-
-
-class DepthFrame(object):
-    """A single frame of depth data.
-
-    ``data``: Python buffer-like object pointing to raw frame data as a C-ordered
-    array of uint16 (a numpy array of shape ``(height, width)``).
-
-    ``shape``: pair giving the width and height of the depth frame.
-
-    Beyond the reference API a frame also carries ``sequence`` (the device's frame
-    counter), ``timestamp_ns`` / ``timestamp`` (host capture time in nanoseconds /
-    seconds since the UNIX epoch) and ``device_timestamp`` (the sensor's own clock, 0 if
-    it has none).
-    """
-
-    __slots__ = ('data', 'shape', 'sequence', 'timestamp_ns', 'device_timestamp')
-
-    def __init__(self, data, shape=None, sequence=0, timestamp_ns=None, device_timestamp=0):
-        """Wrap *data* (2-D uint16 array, or buffer with *shape* = (width, height))."""
-        if isinstance(data, np.ndarray):
-            array = data
-        else:
-            array = np.frombuffer(data, dtype=np.uint16)
-        if shape is not None:
-            array = array.reshape(shape[1], shape[0])
-        if array.ndim != 2 or array.dtype != np.uint16:
-            raise ValueError('depth data must be a 2-D uint16 array, got {0} {1}'.format(
-                array.dtype, array.shape))
-        self.data = np.ascontiguousarray(array)
-        self.shape = (self.data.shape[1], self.data.shape[0])
-        self.sequence = int(sequence)
-        self.timestamp_ns = time.time_ns() if timestamp_ns is None else int(timestamp_ns)
-        self.device_timestamp = int(device_timestamp)
-
-    @property
-    def array(self):
-        """Return the pixels as a numpy array of shape ``(height, width)``, uint16."""
-        return self.data
-
-    @property
-    def timestamp(self):
-        """Capture time in seconds since the UNIX epoch."""
-        return self.timestamp_ns * 1e-9
-
-    def __repr__(self):
-        """Describe the frame briefly."""
-        return '<DepthFrame {0}x{1} seq={2}>'.format(self.shape[0], self.shape[1],
-                                                     self.sequence)
 
 
 def _mock_scene():
@@ -85,15 +33,6 @@ def _mock_scene():
     scene[60:70, 400:420] = 4096
     return scene
 
-
-#: Depth (IR) camera intrinsics reported by the mock: typical Kinect v2 values as read
-#: from one sensor by libfreenect2's ``getIrCameraParams()`` (pixels; Brown-Conrady
-#: distortion k1, k2, k3 radial, p1, p2 tangential), for a 512 x 424 image.
-KINECT2_DEFAULT_DEPTH_CAMERA = {
-    'width': DEPTH_WIDTH, 'height': DEPTH_HEIGHT,
-    'fx': 365.456, 'fy': 365.456, 'cx': 254.878, 'cy': 205.395,
-    'k1': 0.0905474, 'k2': -0.26819, 'k3': 0.0950862, 'p1': 0.0, 'p2': 0.0,
-}
 
 _SCENE = _mock_scene()
 _SCENE.setflags(write=False)

@@ -10,8 +10,10 @@ from .common import PROTOCOL_VERSION, ProtocolError
 
 __all__ = [
     'MessageType', 'encode_control', 'decode_control', 'FrameHeader', 'FRAME_MAGIC',
-    'FRAME_VERSION', 'FRAME_HEADER_SIZE', 'pack_frame_header', 'unpack_frame_header',
-    'MAX_CONTROL_BYTES', 'MAX_JSON_DEPTH', 'validate_me_payload',
+    'FRAME_VERSION', 'FRAME_HEADER_SIZE', 'FRAME_HEADER_FORMAT', 'pack_frame_header',
+    'unpack_frame_header',
+    'FrameMessage', 'decode_frame_message', 'MAX_CONTROL_BYTES', 'MAX_JSON_DEPTH',
+    'validate_me_payload',
 ]
 
 #: Largest control message payload accepted, in bytes.
@@ -124,7 +126,10 @@ def validate_me_payload(payload):
 FRAME_MAGIC = b'SK2D'
 #: Version of the depth frame header layout.
 FRAME_VERSION = 1
-_HEADER = struct.Struct('<4sBBHHHIQqQI')
+#: The struct format of a version-1 frame header (magic, version, codec, header size,
+#: width, height, flags, sequence, timestamp_ns, device timestamp, payload size).
+FRAME_HEADER_FORMAT = '<4sBBHHHIQqQI'
+_HEADER = struct.Struct(FRAME_HEADER_FORMAT)
 #: Size in bytes of a version-1 frame header.
 FRAME_HEADER_SIZE = _HEADER.size
 
@@ -183,3 +188,62 @@ def unpack_frame_header(buf, max_pixels):
             width, height, max_pixels))
     return FrameHeader(codec, width, height, flags, sequence, timestamp_ns,
                        device_timestamp, payload_size)
+
+
+class FrameMessage(bytes):
+    """One frame message as it goes on the wire: the header, then the payload.
+
+    It is a :py:class:`bytes` object (the buffer-like ``compressed_frame`` of the
+    reference API: header and payload back to back) that also knows its two parts:
+    :py:attr:`parts` are the two ZeroMQ message frames a server sends, unchanged, and
+    :py:attr:`header` the decoded header. Build one with :py:meth:`build`; a receiver
+    decodes the two frames with :py:func:`decode_frame_message`.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def build(cls, header, payload):
+        """Return the message for *header* (a :py:class:`FrameHeader`) and *payload*.
+
+        The header's ``payload_size`` is set from *payload*.
+        """
+        payload = memoryview(payload).cast('B')
+        header = FrameHeader(*header[:-1], len(payload))
+        return cls(pack_frame_header(header) + payload)
+
+    @property
+    def header_size(self):
+        """Return the length of the header in bytes."""
+        return _HEADER.unpack_from(self)[3]
+
+    @property
+    def header(self):
+        """Return the decoded :py:class:`FrameHeader`."""
+        return unpack_frame_header(memoryview(self)[:self.header_size], 1 << 32)
+
+    @property
+    def parts(self):
+        """Return ``(header, payload)`` as memoryviews: the two frames of the message."""
+        view = memoryview(self)
+        size = self.header_size
+        return view[:size], view[size:]
+
+
+def decode_frame_message(frames, max_pixels):
+    """Validate a received frame message; return ``(FrameHeader, payload)``.
+
+    *frames* are the parts of the ZeroMQ message (bytes, or ``zmq.Frame`` objects);
+    *max_pixels* bounds ``width * height`` (see :py:func:`unpack_frame_header`). The
+    payload is returned as a buffer without copying. Raises :py:class:`ProtocolError`
+    for a wrong number of parts, an invalid header, or a payload whose length differs
+    from the header's.
+    """
+    if len(frames) != 2:
+        raise ProtocolError('frame message must have 2 parts, got {0}'.format(len(frames)))
+    header_buf, payload = (f.buffer if hasattr(f, 'buffer') else f for f in frames)
+    header = unpack_frame_header(header_buf, max_pixels)
+    if header.payload_size != len(payload):
+        raise ProtocolError('payload is {0} bytes, header says {1}'.format(
+            len(payload), header.payload_size))
+    return header, payload

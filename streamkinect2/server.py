@@ -227,11 +227,9 @@ class Server(object):
         device = self._devices.get(compressor.kinect.unique_kinect_id)
         if device is None or device.socket is None:
             return
-        message = memoryview(compressed_frame)
-        header_size = message[6] | (message[7] << 8)
         try:
-            device.socket.send_multipart([message[:header_size], message[header_size:]],
-                                         copy=False, flags=zmq.NOBLOCK)
+            device.socket.send_multipart(compressed_frame.parts, copy=False,
+                                         flags=zmq.NOBLOCK)
         except zmq.Again:  # all subscribers' queues are full: drop, newest wins later
             pass
 

@@ -27,9 +27,7 @@ class BurstKinect(object):
 
 
 def _decode(message):
-    header_size = message[6] | (message[7] << 8)
-    return Client('tcp://127.0.0.1:1').decode_depth_message(
-        [message[:header_size], message[header_size:]])
+    return Client('tcp://127.0.0.1:1').decode_depth_message(list(message.parts))
 
 
 def test_frames_are_compressed_losslessly_and_emitted_on_the_ioloop_thread():
@@ -37,7 +35,7 @@ def test_frames_are_compressed_losslessly_and_emitted_on_the_ioloop_thread():
         received, threads = [], set()
         with MockKinect(fps=60) as kinect, DepthFrameCompressor(kinect) as compressor:
             def handler(sender, compressed_frame):
-                received.append(bytes(compressed_frame))
+                received.append(compressed_frame)
                 threads.add(threading.get_ident())
             DepthFrameCompressor.on_compressed_frame.connect(handler, compressor)
             assert compressor.kinect is kinect

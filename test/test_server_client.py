@@ -282,15 +282,16 @@ def test_client_survives_garbage_from_a_fake_server():
             good = client.decode_depth_message
             from streamkinect2.compress import encode_frame_message
             from streamkinect2.mock import DepthFrame
-            valid = encode_frame_message(DepthFrame(edge_frame(7), sequence=7))
-            garbage = [[b'x'], [valid[:44]], [valid[:44], valid[44:-1]], [b'\x00' * 44, b''],
-                       [valid[:44], b'\x00' * 100], [valid[:43], valid[43:]],
-                       [valid[:44], valid[44:], b'extra']]
+            head, body = (bytes(p) for p in encode_frame_message(
+                DepthFrame(edge_frame(7), sequence=7)).parts)
+            garbage = [[b'x'], [head], [head, body[:-1]], [bytes(len(head)), b''],
+                       [head, bytes(100)], [head[:-1], head[-1:] + body],
+                       [head, body, b'extra']]
             deadline = time.monotonic() + 10
             while not recorder.frames and time.monotonic() < deadline:
                 for message in garbage:
                     await pub.send_multipart(message)
-                await pub.send_multipart([valid[:44], valid[44:]])
+                await pub.send_multipart([head, body])
                 await asyncio.sleep(0.05)
             assert recorder.frames, 'no valid frame got through'
             assert np.array_equal(recorder.frames[0][1].array, edge_frame(7))

@@ -1,0 +1,157 @@
+"""What every device has in common: frames, sensor constants, intrinsics, lifetime.
+
+A device is an object with the interface of :py:class:`~streamkinect2.mock.MockKinect`:
+``unique_kinect_id``, an ``on_depth_frame`` signal, ``start()``/``stop()``, the
+with-statement and ``is_running``; optionally ``depth_camera`` (intrinsics, see
+:py:data:`KINECT2_DEFAULT_DEPTH_CAMERA`). The mock (:py:mod:`.mock`) and the real
+sensors (:py:mod:`.freenect2_device`) share :py:class:`DeviceLifetime`; the server takes
+any frame that honours the reference's ``DepthFrame`` contract (:py:func:`as_depth_frame`).
+"""
+import logging
+import threading
+import time
+
+import numpy as np
+
+__all__ = ['DepthFrame', 'DeviceLifetime', 'as_depth_frame', 'DEPTH_WIDTH', 'DEPTH_HEIGHT',
+           'KINECT2_DEFAULT_DEPTH_CAMERA', 'INTRINSIC_KEYS']
+
+log = logging.getLogger(__name__)
+
+#: Width of a Kinect v2 depth (and IR) frame in pixels.
+DEPTH_WIDTH = 512
+#: Height of a Kinect v2 depth (and IR) frame in pixels.
+DEPTH_HEIGHT = 424
+
+#: The keys of a camera's intrinsics record, besides ``width`` and ``height``: pixels for
+#: fx, fy, cx, cy; Brown-Conrady distortion k1, k2, k3 radial and p1, p2 tangential.
+INTRINSIC_KEYS = ('fx', 'fy', 'cx', 'cy', 'k1', 'k2', 'k3', 'p1', 'p2')
+
+#: Depth (IR) camera intrinsics used when a device reports none of its own: the factory
+#: calibration of one Kinect v2 as read by libfreenect2's ``getIrCameraParams()``, for a
+#: 512 x 424 image. Every unit differs a little; a real device's record replaces them.
+#: This is the one table of default intrinsics: the mock reports it, and the client node
+#: falls back on it.
+KINECT2_DEFAULT_DEPTH_CAMERA = {
+    'width': DEPTH_WIDTH, 'height': DEPTH_HEIGHT,
+    'fx': 365.456, 'fy': 365.456, 'cx': 254.878, 'cy': 205.395,
+    'k1': 0.0905474, 'k2': -0.26819, 'k3': 0.0950862, 'p1': 0.0, 'p2': 0.0,
+}
+
+
+class DepthFrame(object):
+    """A single frame of depth data.
+
+    ``data``: Python buffer-like object pointing to raw frame data as a C-ordered
+    array of uint16 (a numpy array of shape ``(height, width)``).
+
+    ``shape``: pair giving the width and height of the depth frame.
+
+    Beyond the reference API a frame also carries ``sequence`` (the device's frame
+    counter), ``timestamp_ns`` / ``timestamp`` (host capture time in nanoseconds /
+    seconds since the UNIX epoch) and ``device_timestamp`` (the sensor's own clock, 0 if
+    it has none).
+    """
+
+    __slots__ = ('data', 'shape', 'sequence', 'timestamp_ns', 'device_timestamp')
+
+    def __init__(self, data, shape=None, sequence=0, timestamp_ns=None, device_timestamp=0):
+        """Wrap *data* (2-D uint16 array, or buffer with *shape* = (width, height))."""
+        if isinstance(data, np.ndarray):
+            array = data
+        else:
+            array = np.frombuffer(data, dtype=np.uint16)
+        if shape is not None:
+            width, height = (int(v) for v in shape)
+            if array.size != width * height:
+                raise ValueError('depth data holds {0} values, shape {1}x{2} needs {3}'.format(
+                    array.size, width, height, width * height))
+            array = array.reshape(height, width)
+        if array.ndim != 2 or array.dtype != np.uint16:
+            raise ValueError('depth data must be a 2-D uint16 array, got {0} {1}'.format(
+                array.dtype, array.shape))
+        self.data = np.ascontiguousarray(array)
+        self.shape = (self.data.shape[1], self.data.shape[0])
+        self.sequence = int(sequence)
+        self.timestamp_ns = time.time_ns() if timestamp_ns is None else int(timestamp_ns)
+        self.device_timestamp = int(device_timestamp)
+
+    @property
+    def array(self):
+        """Return the pixels as a numpy array of shape ``(height, width)``, uint16."""
+        return self.data
+
+    @property
+    def timestamp(self):
+        """Capture time in seconds since the UNIX epoch."""
+        return self.timestamp_ns * 1e-9
+
+    def __repr__(self):
+        """Describe the frame briefly."""
+        return '<DepthFrame {0}x{1} seq={2}>'.format(self.shape[0], self.shape[1],
+                                                     self.sequence)
+
+
+def as_depth_frame(frame, sequence=None):
+    """Return *frame* as a :py:class:`DepthFrame`, or raise ValueError saying why not.
+
+    *frame* may be any object with the reference API's contract: ``data``, a C-ordered
+    uint16 buffer, and ``shape``, ``(width, height)``. ``sequence``, ``timestamp_ns`` and
+    ``device_timestamp`` are taken from it when it has them; otherwise the sequence is
+    *sequence* (the caller's count), the timestamp the time of this call and the device
+    timestamp 0.
+    """
+    if isinstance(frame, DepthFrame):
+        return frame
+    try:
+        data, shape = frame.data, frame.shape
+    except AttributeError:
+        raise ValueError('a depth frame needs "data" and "shape", got {0}'.format(
+            type(frame).__name__)) from None
+    try:
+        width, height = (int(v) for v in shape)
+    except (TypeError, ValueError):
+        raise ValueError('depth frame shape must be (width, height), got {0!r}'.format(
+            shape)) from None
+    if not isinstance(data, np.ndarray):
+        try:
+            data = np.frombuffer(data, dtype=np.uint16)
+        except (TypeError, ValueError) as err:
+            raise ValueError('depth frame data is not a uint16 buffer: {0}'.format(
+                err)) from None
+    elif data.dtype != np.uint16:
+        raise ValueError('depth frame data must be uint16, got {0}'.format(data.dtype))
+    seq = getattr(frame, 'sequence', None)
+    if seq is None:
+        seq = 0 if sequence is None else sequence
+    return DepthFrame(np.ravel(data), shape=(width, height), sequence=seq,
+                      timestamp_ns=getattr(frame, 'timestamp_ns', None),
+                      device_timestamp=getattr(frame, 'device_timestamp', 0) or 0)
+
+
+class DeviceLifetime(object):
+    """``is_running`` and the with-statement for devices that run a ``_thread``.
+
+    Subclasses provide ``start()`` and ``stop()`` and set ``_thread`` while running. A
+    device whose thread ends by itself (an error it cannot recover from) must report
+    ``is_running`` False: :py:attr:`is_running` asks the thread, not a flag.
+    """
+
+    _thread = None
+
+    @property
+    def is_running(self):
+        """Tell whether the device thread runs."""
+        thread = self._thread
+        return thread is not None and (not isinstance(thread, threading.Thread)
+                                       or thread.is_alive())
+
+    def __enter__(self):
+        """Start the device."""
+        self.start()
+        return self
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        """Stop the device if it still runs."""
+        if self._thread is not None:
+            self.stop()
