@@ -2,6 +2,7 @@
 import threading
 
 from conftest import LOOPBACK, run_async, wait_until
+import pytest
 from streamkinect2.client import Client
 from streamkinect2.common import EndpointType
 from streamkinect2.server import Server, ServerBrowser, ServerInfo
@@ -73,3 +74,25 @@ def test_announce_false_keeps_the_server_off_zeroconf():
                 assert server.announced_name is None
                 assert not any(i.name == 'Quiet' for i in browser.servers)
     run_async(main())
+
+
+def test_the_browser_runs_on_the_loop_with_no_thread_of_its_own():
+    async def main():
+        before = set(threading.enumerate())
+        with ServerBrowser(address=LOOPBACK) as browser:
+            assert set(threading.enumerate()) == before
+            with Server(address=LOOPBACK, name='Threadless {0}'.format(id(browser))) as server:
+                await wait_until(lambda: any(i.name == server.name for i in browser.servers),
+                                 15, 'the server')
+        assert set(threading.enumerate()) == before
+    run_async(main())
+
+
+def test_the_reference_api_keeps_its_places():
+    import streamkinect2
+    from streamkinect2 import discovery
+    assert ServerBrowser is discovery.ServerBrowser is streamkinect2.ServerBrowser
+    assert ServerInfo is discovery.ServerInfo is streamkinect2.ServerInfo
+    assert ServerInfo('n', 'tcp://127.0.0.1:1') == ('n', 'tcp://127.0.0.1:1')
+    with pytest.raises(ValueError):
+        ServerBrowser(address='not an address')
