@@ -14,6 +14,7 @@ import time
 import numpy as np
 import psutil
 from streamkinect2.client import Client
+from streamkinect2.stats import percentile
 from tornado.ioloop import IOLoop
 
 
@@ -103,7 +104,7 @@ def main(argv=None):
     delta = np.array([np.subtract(after[k], before.get(k, (0,) * 5)) for k in after])
     received, dropped, invalid, wire, raw = delta.sum(axis=0)
     cpu = lambda t0, t1: (t1.user + t1.system) - (t0.user + t0.system)  # noqa: E731
-    lat = np.array(latencies) * 1000
+    lat = [latency * 1000 for latency in latencies]
     print('end to end on loopback: {0} mock device(s) at {1:g} fps, {2:.0f} s, {3}'.format(
         args.devices, args.fps, elapsed, 'replaying ' + os.path.basename(args.replay)
         if args.replay else 'synthetic scene'))
@@ -111,7 +112,7 @@ def main(argv=None):
         received / elapsed, received / elapsed / args.devices))
     print('  frames dropped       {0:8d}  invalid {1}'.format(int(dropped), int(invalid)))
     print('  latency capture->decoded  p50 {0:.2f} ms  p99 {1:.2f} ms'.format(
-        np.percentile(lat, 50), np.percentile(lat, 99)))
+        percentile(lat, 0.5), percentile(lat, 0.99)))
     print('  CPU per frame: server {0:.2f} ms, client {1:.2f} ms'.format(
         cpu(cpu0[0], cpu1[0]) / received * 1000, cpu(cpu0[1], cpu1[1]) / received * 1000))
     print('  bandwidth {0:.1f} Mbit/s, compression ratio {1:.2f}'.format(

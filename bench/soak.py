@@ -13,9 +13,9 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import psutil
 from streamkinect2.client import Client
+from streamkinect2.stats import percentile
 from tornado.ioloop import IOLoop
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -35,15 +35,15 @@ def client_main(endpoint, window, devices):
         while True:
             await asyncio.sleep(window)
             stats = list(client.stats.values())
-            lat = np.array(latencies or [np.nan]) * 1000
+            lat = [latency * 1000 for latency in latencies]  # NaN figures if none
             latencies.clear()
             print(json.dumps({
                 'connected': client.is_connected, 'devices': len(client.kinect_ids),
                 'received': sum(s.received for s in stats),
                 'dropped': sum(s.dropped for s in stats),
                 'invalid': sum(s.invalid for s in stats),
-                'p50_ms': float(np.nanpercentile(lat, 50)),
-                'p99_ms': float(np.nanpercentile(lat, 99))}), flush=True)
+                'p50_ms': percentile(lat, 0.5),
+                'p99_ms': percentile(lat, 0.99)}), flush=True)
     asyncio.run(run())
 
 

@@ -9,13 +9,17 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import numpy.typing as npt
 from tornado.ioloop import IOLoop
 
-from .client import Client
+from .client import FrameStats
 from .common import EndpointType
-from .mock import MockKinect
+from .connection import ServerConnection
+from .device import DepthFrame
+from .mock import FrameSource, MockKinect
 from .security import CurveClientConfig, CurveServerConfig, make_keypair
 from .server import Server, ServerBrowser
 
@@ -24,14 +28,15 @@ __all__ = ['mock_server_main', 'list_main', 'receive_main', 'demo_main', 'keygen
 log = logging.getLogger(__name__)
 
 
-def _setup_logging(verbose):
+def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format='%(asctime)s %(levelname)s %(name)s: %(message)s')
 
 
-def _run(coro_fn, args):
+def _run(coro_fn: Callable[[argparse.Namespace, asyncio.Event], Awaitable[int]],
+         args: argparse.Namespace) -> int:
     """Run *coro_fn(args, stop_event)* until it returns, Ctrl-C or SIGTERM."""
-    async def main():
+    async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -44,7 +49,7 @@ def _run(coro_fn, args):
 
 # --- mock server --------------------------------------------------------------------
 
-def _mock_server_parser():
+def _mock_server_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description='Serve mock Kinect v2 depth devices.')
     parser.add_argument('--address', default=None,
                         help='IPv4 address to bind and announce on (default: the '
@@ -69,15 +74,15 @@ def _mock_server_parser():
     return parser
 
 
-def _replay_source(path):
-    frames = np.load(path)['frames']
+def _replay_source(path: str) -> FrameSource:
+    frames: npt.NDArray[np.uint16] = np.load(path)['frames']
     if frames.ndim != 3 or frames.dtype != np.uint16 or not len(frames):
         raise SystemExit('{0}: "frames" must be a non-empty N x H x W uint16 array'.format(
             path))
     return lambda sequence: frames[sequence % len(frames)]
 
 
-async def _mock_server(args, stop):
+async def _mock_server(args: argparse.Namespace, stop: asyncio.Event) -> int:
     source = _replay_source(args.replay) if args.replay else None
     kinects = [MockKinect(fps=args.fps, frame_source=source) for _ in range(args.devices)]
     curve = CurveServerConfig(args.curve_secret, args.curve_allow) if args.curve_secret \
@@ -99,7 +104,7 @@ async def _mock_server(args, stop):
     return 0
 
 
-def mock_server_main(argv=None):
+def mock_server_main(argv: Optional[Sequence[str]] = None) -> int:
     """Run a server with mock devices until Ctrl-C."""
     args = _mock_server_parser().parse_args(argv)
     _setup_logging(args.verbose)
@@ -108,7 +113,7 @@ def mock_server_main(argv=None):
 
 # --- list ---------------------------------------------------------------------------
 
-async def _list(args, stop):
+async def _list(args: argparse.Namespace, stop: asyncio.Event) -> int:
     browser = ServerBrowser(address=args.address, io_loop=IOLoop.current())
     try:
         try:
@@ -126,7 +131,7 @@ async def _list(args, stop):
     return 0
 
 
-def list_main(argv=None):
+def list_main(argv: Optional[Sequence[str]] = None) -> int:
     """List the servers announced on the network."""
     parser = argparse.ArgumentParser(description='List Kinect v2 depth servers (Zeroconf).')
     parser.add_argument('--address', default=None,
@@ -141,121 +146,120 @@ def list_main(argv=None):
 # --- receive ------------------------------------------------------------------------
 
 class StreamMeter(object):
-    """Per-device frame rate, bandwidth, compression ratio and latency over intervals."""
+    """Per-device frame rate, bandwidth, compression ratio and latency over intervals.
 
-    def __init__(self):
+    The figures come from the client's per-device
+    :py:class:`~streamkinect2.client.FrameStats`: the counters' growth over the
+    interval, and the latency percentiles of its window.
+    """
+
+    def __init__(self) -> None:
         """Start with no devices."""
-        self.devices = {}
+        # kinect id: (FrameStats, received, payload bytes, raw bytes)
+        self._marks: Dict[str, Tuple[FrameStats, int, int, int]] = {}
         self.total_frames = 0
 
-    def add(self, client, kinect_id, depth_frame):
-        """Account one frame (with the client's running byte counters)."""
-        now = time.time()
-        entry = self.devices.setdefault(kinect_id, {'frames': 0, 'latencies': [],
-                                                    'bytes0': 0, 'raw0': 0})
-        entry['frames'] += 1
-        entry['latencies'].append(now - depth_frame.timestamp)
+    def add(self, client: Any, kinect_id: str, depth_frame: DepthFrame) -> None:
+        """Account one frame delivered (for the total)."""
         self.total_frames += 1
 
-    def report(self, client, elapsed):
-        """Return report lines for the interval and start a new one."""
-        lines = []
-        for kinect_id, entry in sorted(self.devices.items()):
-            stats = client.stats.get(kinect_id)
-            if stats is None:
-                continue
-            wire = stats.payload_bytes - entry['bytes0']
-            raw = stats.raw_bytes - entry['raw0']
-            lat = np.array(entry['latencies'] or [np.nan]) * 1000
+    def report(self, client: Any, elapsed: float) -> List[str]:
+        """Return report lines for the interval of *elapsed* s and start a new one.
+
+        *client* is a Client or a ServerConnection (anything with ``stats``).
+        """
+        lines: List[str] = []
+        current: Dict[str, FrameStats] = dict(client.stats)
+        for kinect_id, stats in sorted(current.items()):
+            mark = self._marks.get(kinect_id)
+            if mark is None or mark[0] is not stats:  # new device, or reconnected
+                mark = (stats, 0, 0, 0)
+            frames = stats.received - mark[1]
+            wire = stats.payload_bytes - mark[2]
+            raw = stats.raw_bytes - mark[3]
             lines.append(
                 '{0}: {1:5.1f} frames/s  {2:6.1f} Mbit/s  ratio {3:4.2f}  latency p50 '
-                '{4:5.1f} ms p99 {5:5.1f} ms  dropped {6}  invalid {7}'.format(
-                    kinect_id, entry['frames'] / elapsed, wire * 8 / elapsed / 1e6,
-                    raw / wire if wire else float('nan'), np.percentile(lat, 50),
-                    np.percentile(lat, 99), stats.dropped, stats.invalid))
-            entry.update(frames=0, latencies=[], bytes0=stats.payload_bytes,
-                         raw0=stats.raw_bytes)
+                '{4:5.1f} ms p99 {5:5.1f} ms  dropped {6}  invalid {7}{8}'.format(
+                    kinect_id, frames / elapsed, wire * 8 / elapsed / 1e6,
+                    raw / wire if wire else float('nan'),
+                    stats.latency_percentile(0.5, elapsed) * 1000,
+                    stats.latency_percentile(0.99, elapsed) * 1000, stats.dropped,
+                    stats.invalid, '  STALLED' if stats.stalled else ''))
+            self._marks[kinect_id] = (stats, stats.received, stats.payload_bytes,
+                                      stats.raw_bytes)
+        for kinect_id in [k for k in self._marks if k not in current]:
+            del self._marks[kinect_id]
         return lines
 
 
-async def _find_endpoint(args, stop):
-    if args.endpoint:
-        return args.endpoint
-    found = asyncio.get_running_loop().create_future()
-
-    def on_add(browser, server_info):
-        if not found.done() and (not args.server_name or server_info.name == args.server_name):
-            found.set_result(server_info)
-    browser = ServerBrowser(address=args.address, io_loop=IOLoop.current())
-    ServerBrowser.on_add_server.connect(on_add, browser, weak=False)
-    try:
-        stopped = asyncio.ensure_future(stop.wait())
-        await asyncio.wait([found, stopped], timeout=args.discovery_timeout,
-                           return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-    finally:
-        browser.close()
-    if not found.done():
-        return None
-    print('found server {0!r} at {1}'.format(found.result().name, found.result().endpoint),
-          flush=True)
-    return found.result().endpoint
-
-
-async def _receive(args, stop):
+async def _receive(args: argparse.Namespace, stop: asyncio.Event) -> int:
     curve = CurveClientConfig(args.curve_secret, args.curve_server_key) \
         if args.curve_secret else None
     meter = StreamMeter()
     checked = {'frames': 0, 'mismatched': 0}
+    connection = ServerConnection(args.endpoint, server_name=args.server_name,
+                                  discovery_address=args.address, io_loop=IOLoop.current(),
+                                  curve=curve)
 
-    def on_add(client, kinect_id):
+    interval = {'start': time.monotonic()}  # a report covers an interval from here
+
+    def on_connect(connection: ServerConnection) -> None:
+        interval['start'] = time.monotonic()  # a first report of a full interval
+        print('found server {0!r} at {1}'.format(connection.server_name,
+                                                 connection.endpoint), flush=True)
+
+    def on_disconnect(connection: ServerConnection) -> None:
+        print('server went away: looking for it again', flush=True)
+
+    def on_add(connection: ServerConnection, kinect_id: str) -> None:
         print('device {0} added'.format(kinect_id), flush=True)
-        client.enable_depth_frames(kinect_id)
+        try:
+            connection.enable_depth_frames(kinect_id)
+        except ValueError as err:
+            print('not receiving from device {0}: {1}'.format(kinect_id, err), flush=True)
 
-    def on_frame(client, depth_frame, kinect_id):
-        meter.add(client, kinect_id, depth_frame)
+    def on_remove(connection: ServerConnection, kinect_id: str) -> None:
+        print('device {0} removed'.format(kinect_id), flush=True)
+
+    def on_frame(connection: ServerConnection, depth_frame: DepthFrame,
+                 kinect_id: str) -> None:
+        meter.add(connection, kinect_id, depth_frame)
         if args.check_mock:
             checked['frames'] += 1
             if not np.array_equal(depth_frame.array,
                                   MockKinect.render_frame(depth_frame.sequence)):
                 checked['mismatched'] += 1
 
+    for event, receiver in ((ServerConnection.on_connect, on_connect),
+                            (ServerConnection.on_disconnect, on_disconnect),
+                            (ServerConnection.on_add_kinect, on_add),
+                            (ServerConnection.on_remove_kinect, on_remove),
+                            (ServerConnection.on_depth_frame, on_frame)):
+        event.connect(receiver, connection, weak=False)
     found_any = False
-    while not stop.is_set():
-        endpoint = await _find_endpoint(args, stop)
-        if endpoint is None:
-            if found_any and not stop.is_set():
-                continue  # keep looking for the server that went away
-            break
-        found_any = True
-        client = Client(endpoint, io_loop=IOLoop.current(), curve=curve)
-        gone = asyncio.Event()
-        Client.on_add_kinect.connect(on_add, client, weak=False)
-        Client.on_remove_kinect.connect(
-            lambda c, kinect_id: print('device {0} removed'.format(kinect_id), flush=True),
-            client, weak=False)
-        Client.on_disconnect.connect(lambda c: gone.set(), client, weak=False)
-        Client.on_depth_frame.connect(on_frame, client, weak=False)
-        meter.devices.clear()
-        client.connect()
-        try:
-            last = time.monotonic()
-            while not stop.is_set() and not gone.is_set() and (
-                    client.is_connected or time.monotonic() - last < args.interval):
-                try:
-                    await asyncio.wait_for(stop.wait(), args.interval)
-                except asyncio.TimeoutError:
-                    pass
-                now = time.monotonic()
-                for line in meter.report(client, now - last):
+    connection.start()
+    try:
+        started = time.monotonic()
+        while not stop.is_set():
+            found_any = found_any or bool(connection.candidates())
+            deadline = interval['start'] + args.interval
+            if not found_any:
+                deadline = min(deadline, started + args.discovery_timeout)
+            try:
+                await asyncio.wait_for(stop.wait(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                pass
+            now = time.monotonic()
+            found_any = found_any or bool(connection.candidates())
+            if not found_any and now - started >= args.discovery_timeout:
+                break
+            start = interval['start']
+            if now - start >= args.interval or (stop.is_set() and now > start):
+                for line in meter.report(connection, now - start):
                     print(line, flush=True)
-                last = now
-        finally:
-            if client.is_connected:
-                client.disconnect()
-        if not stop.is_set():
-            print('server went away: looking for it again', flush=True)
-            await asyncio.sleep(0.5)
+                interval['start'] = now
+    finally:
+        connection.stop()
     if not found_any:
         print('no server found within {0} s'.format(args.discovery_timeout), file=sys.stderr)
         return 1
@@ -268,7 +272,7 @@ async def _receive(args, stop):
     return 0 if meter.total_frames else 1
 
 
-def _receive_parser():
+def _receive_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description='Receive depth from a server and print per-device frame rate, '
                     'bandwidth, compression ratio and latency.')
@@ -293,7 +297,7 @@ def _receive_parser():
     return parser
 
 
-def receive_main(argv=None):
+def receive_main(argv: Optional[Sequence[str]] = None) -> int:
     """Receive from a server and print stream figures once a second."""
     parser = _receive_parser()
     args = parser.parse_args(argv)
@@ -305,7 +309,7 @@ def receive_main(argv=None):
 
 # --- keys ---------------------------------------------------------------------------
 
-def keygen_main(argv=None):
+def keygen_main(argv: Optional[Sequence[str]] = None) -> int:
     """Make a CURVE key pair: DIR/NAME.key (public) and DIR/NAME.key_secret."""
     parser = argparse.ArgumentParser(
         description='Make a CURVE key pair for streamkinect2 security: DIR/NAME.key '
@@ -320,7 +324,7 @@ def keygen_main(argv=None):
 
 # --- demo ---------------------------------------------------------------------------
 
-def demo_main(argv=None):
+def demo_main(argv: Optional[Sequence[str]] = None) -> int:
     """Start a mock server process on loopback and receive from it, found by Zeroconf."""
     parser = argparse.ArgumentParser(description='Mock server + receiver on loopback.')
     parser.add_argument('--duration', type=float, default=15.0,

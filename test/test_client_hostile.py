@@ -1,0 +1,410 @@
+"""The client against hostile servers: real sockets on loopback playing the bad peer.
+
+:py:class:`FakeServer` stands in for a server: a ROUTER socket on the control endpoint
+(so that it can also never answer) and a PUB socket for depth, served on a thread of
+its own. The other client test modules import it.
+"""
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from conftest import LOOPBACK, run_async, wait_until
+import psutil
+import pytest
+from streamkinect2.client import Client
+from streamkinect2.common import EndpointType
+from streamkinect2.compress import encode_frame_message
+from streamkinect2.device import DepthFrame
+from streamkinect2.mock import MockKinect
+from streamkinect2.server import Server
+from test_server_client import Recorder
+import zmq
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def dead_endpoint():
+    """Return a TCP endpoint on loopback where nothing listens (bound, then closed)."""
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        return 'tcp://{0}:{1}'.format(LOOPBACK, probe.getsockname()[1])
+
+
+def frame_parts(sequence):
+    """Return the two frames of a valid depth message of the mock's frame *sequence*."""
+    message = encode_frame_message(DepthFrame(MockKinect.render_frame(sequence),
+                                              sequence=sequence))
+    return [bytes(part) for part in message.parts]
+
+
+class FakeServer(object):
+    """A stand-in server on loopback whose replies the test decides.
+
+    ``reply(server, frames)`` returns the frames to answer a request with, or None to
+    never answer it (default: a valid ``me`` of :py:attr:`device_ids`). While
+    :py:attr:`streaming` is set, a valid mock depth frame goes out on the PUB socket
+    every *frame_period* s. ``requests`` counts the requests, ``peers`` the distinct
+    REQ sockets that sent them. Sockets and thread are released by :py:meth:`close`.
+    """
+
+    def __init__(self, reply=None, frame_period=0.02, depth_bind='tcp://' + LOOPBACK):
+        """Bind the sockets and start the thread."""
+        self.reply = reply if reply is not None else FakeServer.me_reply
+        self.device_ids = ['dev']
+        self.requests = 0
+        self.peers = set()
+        self.streaming = threading.Event()
+        self.sent_frames = 0
+        self._frame_period = frame_period
+        self._ctx = zmq.Context()
+        self._router = self._ctx.socket(zmq.ROUTER)
+        self._pub = self._ctx.socket(zmq.PUB)
+        for sock in (self._router, self._pub):
+            sock.linger = 0
+        self.endpoint = 'tcp://{0}:{1}'.format(
+            LOOPBACK, self._router.bind_to_random_port('tcp://' + LOOPBACK))
+        if depth_bind.startswith('tcp://'):
+            self.depth_endpoint = '{0}:{1}'.format(
+                depth_bind, self._pub.bind_to_random_port(depth_bind))
+        else:
+            self._pub.bind(depth_bind)
+            self.depth_endpoint = depth_bind
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name='FakeServer', daemon=True)
+        self._thread.start()
+
+    def me(self, devices=None, **overrides):
+        """Return the frames of a ``me`` reply (*devices*: records; default: ours)."""
+        if devices is None:
+            devices = [{'id': kinect_id, 'endpoints': {'depth': self.depth_endpoint}}
+                       for kinect_id in self.device_ids]
+        payload = {'version': 1, 'name': 'fake', 'endpoints': {'control': self.endpoint},
+                   'devices': devices}
+        payload.update(overrides)
+        return [b'\x04', json.dumps(payload, separators=(',', ':')).encode('utf8')]
+
+    def me_reply(self, frames):
+        """Answer ``who`` with a valid ``me``, ``ping`` with ``pong``."""
+        return [b'\x02'] if frames[0] == b'\x01' else self.me()
+
+    def _run(self):
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        sequence = 0
+        next_frame = time.monotonic()
+        while not self._stop.is_set():
+            timeout = max(0.0, next_frame - time.monotonic()) if self.streaming.is_set() \
+                else 0.05
+            if poller.poll(timeout * 1000):
+                identity, empty, *frames = self._router.recv_multipart()
+                self.requests += 1
+                self.peers.add(identity)
+                answer = self.reply(self, frames)
+                if answer is not None:
+                    self._router.send_multipart([identity, empty] + list(answer))
+            if self.streaming.is_set() and time.monotonic() >= next_frame:
+                sequence += 1
+                self._pub.send_multipart(frame_parts(sequence))
+                self.sent_frames += 1
+                next_frame = time.monotonic() + self._frame_period
+
+    def close(self):
+        """Stop the thread and close the sockets."""
+        self._stop.set()
+        self._thread.join(5.0)
+        self._router.close(linger=0)
+        self._pub.close(linger=0)
+        self._ctx.term()
+
+    def __enter__(self):
+        """Return the running server."""
+        return self
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        """Close the server."""
+        self.close()
+
+
+def fast_client(endpoint, **attributes):
+    """Return a client with short heartbeat and response timeout."""
+    client = Client(endpoint)
+    client.heartbeat_period = 20
+    client.response_timeout = 500
+    for name, value in attributes.items():
+        setattr(client, name, value)
+    return client
+
+
+# --- receivers ----------------------------------------------------------------------
+
+@pytest.mark.parametrize('signal_name', ['on_depth_frame', 'on_add_kinect'])
+def test_a_raising_receiver_stops_neither_the_stream_nor_the_other_receivers(caplog,
+                                                                             signal_name):
+    """Issue 8.1: an exception in one receiver must not kill the device's stream."""
+    async def main():
+        with MockKinect() as kinect, Server(address=LOOPBACK, announce=False) as server:
+            server.add_kinect(kinect)
+            client = Client(server.endpoints[EndpointType.control])
+            frames = []
+
+            def explode(sender, **kwargs):
+                raise RuntimeError('a receiver bug')
+            getattr(Client, signal_name).connect(explode, client, weak=False)
+            Client.on_add_kinect.connect(
+                lambda c, kinect_id: c.enable_depth_frames(kinect_id), client, weak=False)
+            Client.on_depth_frame.connect(
+                lambda c, depth_frame, kinect_id: frames.append(depth_frame), client,
+                weak=False)
+            client.connect()
+            try:
+                await wait_until(lambda: len(frames) >= 15, 15,
+                                 'frames despite a raising receiver')
+                assert client.stats[kinect.unique_kinect_id].received >= 15
+            finally:
+                client.disconnect()
+    run_async(main())
+    assert 'a receiver bug' in caplog.text
+
+
+# --- control: who/me --------------------------------------------------------------
+
+BAD_REPLIES = {
+    'error': [b'\x00', b'{"reason": "go away"}'],
+    'invalid JSON': [b'\x04', b'{"version": 1, "name": '],
+    'oversized (100 KiB)': [b'\x04', json.dumps({'x': 'y' * 100000}).encode()],
+    'oversized (2 MiB)': [b'\x04', b'{' + b' ' * (2 << 20) + b'}'],
+    'wrong version': [b'\x04', json.dumps({'version': 2, 'name': 'x'}).encode()],
+}
+
+
+@pytest.mark.parametrize('kind', sorted(BAD_REPLIES))
+def test_a_server_whose_who_exchange_fails_is_left(kind):
+    """Issue 8.7: connected but never identified, for ever, is not an outcome."""
+    async def main():
+        with FakeServer(lambda server, frames: BAD_REPLIES[kind]) as fake:
+            client = fast_client(fake.endpoint)
+            events = Recorder(client)
+            client.connect()
+            try:
+                await wait_until(lambda: not client.is_connected, 5, 'the client to give up')
+            finally:
+                if client.is_connected:
+                    client.disconnect()
+            assert events.names() == [] and client.server_name is None
+            assert fake.requests == 1  # it gave up at once: no heartbeats after
+    run_async(main())
+
+
+def test_a_me_with_a_thousand_devices_is_capped():
+    """Issue 8.8: a `me` may not make the client open a socket per listed device."""
+    depth = dead_endpoint()
+
+    def reply(server, frames):
+        return server.me([{'id': 'd{0:04d}'.format(i), 'endpoints': {'depth': depth}}
+                          for i in range(1000)])
+
+    async def main():
+        process = psutil.Process()
+        with FakeServer(reply) as fake:
+            client = fast_client(fake.endpoint)
+            events = Recorder(client)
+            fds = process.num_fds()
+            client.connect()
+            try:
+                await wait_until(lambda: 'connect' in events.names(), 5, 'identification')
+                await wait_until(lambda: fake.requests >= 5, 5, 'heartbeats')
+                assert 0 < len(client.kinect_ids) <= 64
+                assert events.names().count('add') == len(client.kinect_ids)
+                assert set(client.stats) == set(client.kinect_ids)
+                assert process.num_fds() - fds < 200
+                assert client.is_connected
+            finally:
+                client.disconnect()
+    run_async(main())
+
+
+def test_device_ids_that_keep_changing_leave_nothing_behind():
+    """Issue 8.8: stats and sockets of removed devices go; none survive disconnect()."""
+    def reply(server, frames):
+        server.device_ids = ['rotating{0}'.format(server.requests)]
+        return server.me()
+
+    async def main():
+        process = psutil.Process()
+        with FakeServer(reply) as fake:
+            client = fast_client(fake.endpoint)
+            events = Recorder(client)
+            client.connect()
+            try:
+                await wait_until(lambda: fake.requests >= 20, 10, 'twenty device lists')
+                fds = process.num_fds()
+                await wait_until(lambda: fake.requests >= 220, 20, '200 more')
+                assert events.names().count('add') >= 200
+                assert len(client.stats) <= 1
+                assert set(client.stats) <= set(client.kinect_ids)
+                assert process.num_fds() - fds < 20
+            finally:
+                client.disconnect()
+            assert client.stats == {} and client.kinect_ids == []
+    run_async(main())
+
+
+def test_me_cannot_redirect_the_client(tmp_path):
+    """Issue 8.11: only tcp:// to the host connected to, unless configured otherwise."""
+    with FakeServer() as elsewhere, FakeServer() as fake:
+        port = fake.depth_endpoint.rsplit(':', 1)[1]
+        ipc = 'ipc://{0}'.format(tmp_path / 'depth')
+        fake.reply = lambda server, frames: server.me([
+            # Another loopback address: where the PUB is not bound, yet on this machine.
+            {'id': 'far', 'endpoints': {'depth': 'tcp://127.0.0.2:{0}'.format(port)}},
+            {'id': 'local', 'endpoints': {'depth': ipc}}],
+            endpoints={'control': elsewhere.endpoint})
+        fake.streaming.set()
+
+        async def main():
+            client = fast_client(fake.endpoint)
+            events = Recorder(client, enable=False)
+            client.connect()
+            try:
+                await wait_until(lambda: len(client.kinect_ids) == 2, 5, 'device list')
+                assert client.endpoints[EndpointType.control] == fake.endpoint
+                with pytest.raises(ValueError, match='ipc'):
+                    client.enable_depth_frames('local')
+                # Followed at the host connected to, not at the one named.
+                client.enable_depth_frames('far')
+                await wait_until(lambda: events.frames, 10, 'frames from the right host')
+                client.disconnect()
+                client.connect()
+                await wait_until(lambda: 'connect' in events.names()[1:], 5, 'reconnection')
+            finally:
+                client.disconnect()
+            assert elsewhere.requests == 0
+        run_async(main())
+
+    # Configured otherwise: the endpoints are followed as the server names them.
+    with FakeServer(depth_bind='ipc://{0}'.format(tmp_path / 'trusted')) as fake:
+        fake.streaming.set()
+
+        async def trusted():
+            client = fast_client(fake.endpoint, follow_endpoints=True)
+            events = Recorder(client)
+            client.connect()
+            try:
+                await wait_until(lambda: events.frames, 10, 'frames over ipc')
+            finally:
+                client.disconnect()
+        run_async(trusted())
+
+
+# --- depth ------------------------------------------------------------------------
+
+SENDER = r"""
+import sys, time
+import zmq
+sys.path.insert(0, sys.argv[1])
+from test_client_hostile import frame_parts
+ctx = zmq.Context()
+pub = ctx.socket(zmq.XPUB)
+pub.linger = 0
+print(pub.bind_to_random_port('tcp://127.0.0.1'), flush=True)
+
+
+def subscribed(timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pub.poll(10) and pub.recv() == b'\x01':
+            return
+
+
+def stream(first, seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        first += 1
+        pub.send_multipart(frame_parts(first))
+        time.sleep(0.02)
+
+
+big = bytearray(200 << 20)
+big[::4096] = b'x' * len(big[::4096])  # every page touched
+subscribed(20)
+for round in range(1, 4):
+    pub.send_multipart([frame_parts(0)[0], big], copy=False)
+    stream(round * 1000, 0.5)
+    subscribed(3)  # the client subscribes again once it sees the stream stopped
+stream(4000, 20)
+"""
+
+
+def test_an_oversized_depth_message_is_never_allocated():
+    """Issue 8.9: a 200 MiB depth message may not cost the client 200 MiB."""
+    sender = subprocess.Popen(
+        [sys.executable, '-c', SENDER, os.path.join(REPO, 'test')], stdout=subprocess.PIPE,
+        text=True, env=dict(os.environ, PYTHONPATH=REPO))
+    peak = []
+    sampling = threading.Event()
+
+    def sample():
+        me = psutil.Process()
+        while not sampling.is_set():
+            peak.append(me.memory_info().rss)
+            time.sleep(0.001)
+    try:
+        depth = 'tcp://{0}:{1}'.format(LOOPBACK, int(sender.stdout.readline()))
+        with FakeServer(lambda server, frames: server.me(
+                [{'id': 'dev', 'endpoints': {'depth': depth}}])) as fake:
+            async def main():
+                client = fast_client(fake.endpoint, stall_timeout=300)
+                events = Recorder(client)
+                base = psutil.Process().memory_info().rss
+                sampler = threading.Thread(target=sample, name='rss-sampler')
+                sampler.start()
+                client.connect()
+                try:
+                    await wait_until(lambda: any(f.sequence > 4000 for _, f in events.frames),
+                                     30, 'frames after the third oversized message')
+                finally:
+                    sampling.set()
+                    sampler.join()
+                    client.disconnect()
+                growth = (max(peak) - base) / 2 ** 20
+                assert growth < 64, 'RSS grew by {0:.0f} MiB'.format(growth)
+            run_async(main())
+    finally:
+        sampling.set()
+        sender.kill()
+        sender.wait(10)
+        sender.stdout.close()
+
+
+def test_a_stream_that_stops_while_the_server_answers_is_reported(caplog):
+    """A device that stops delivering while its server is alive: a warning, not silence."""
+    caplog.set_level(logging.INFO, logger='streamkinect2')
+
+    async def main():
+        with MockKinect() as kinect, Server(address=LOOPBACK, announce=False) as server:
+            server.add_kinect(kinect)
+            client = Client(server.endpoints[EndpointType.control])
+            client.stall_timeout = 300
+            events = Recorder(client)
+            client.connect()
+            kinect_id = kinect.unique_kinect_id
+            try:
+                await wait_until(lambda: len(events.frames) >= 5, 10, 'frames')
+                assert not client.stats[kinect_id].stalled
+                kinect.stop()
+                await wait_until(lambda: client.stats[kinect_id].stalled, 5, 'a stall')
+                await wait_until(lambda: 'No depth frames' in caplog.text, 5, 'a warning')
+                assert client.is_connected
+                kinect.start()
+                await wait_until(lambda: not client.stats[kinect_id].stalled, 5, 'resumed')
+                await wait_until(lambda: 'resumed' in caplog.text, 5, 'the news')
+            finally:
+                client.disconnect()
+    run_async(main())
+    warnings = [r for r in caplog.records if 'No depth frames' in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
