@@ -2,6 +2,7 @@
 import collections
 import logging
 import time
+from typing import Any, Callable, Dict, List, Optional
 
 from blinker import Signal
 from tornado.ioloop import IOLoop, PeriodicCallback
@@ -9,53 +10,144 @@ import zmq
 from zmq.eventloop.zmqstream import ZMQStream
 
 from . import codec as _codec
-from .common import EndpointType, ProtocolError
+from .common import EndpointType, ProtocolError, send_isolated
 from .device import DepthFrame
-from .protocol import (decode_control, decode_frame_message, encode_control, MessageType,
-                       validate_me_payload)
-from .security import new_socket
+from .protocol import (CONTROL_MAX_MESSAGE_SIZE, decode_control, decode_frame_message,
+                       encode_control, MessageType, validate_me_payload)
+from .security import CurveClientConfig, new_socket
+from .stats import SequenceGaps, Window
 
-__all__ = ['Client', 'FrameStats']
+__all__ = ['Client', 'FrameStats', 'depth_endpoint_for', 'max_depth_payload_bytes']
 
 log = logging.getLogger(__name__)
 
 #: Largest frame (in pixels) a client accepts by default: more than any Kinect's depth.
 DEFAULT_MAX_FRAME_PIXELS = 1024 * 1024
+#: Most devices a client takes from one server by default (each costs sockets).
+DEFAULT_MAX_DEVICES = 32
 #: Depth messages a client's socket queues before the newest are dropped.
 DEPTH_RECV_HWM = 4
 #: Seconds between two warnings about invalid depth messages from one device.
 INVALID_LOG_PERIOD = 5.0
+#: Seconds of frames a device's :py:class:`FrameStats` window keeps (rate, latency).
+STATS_WINDOW = 10.0
+
+
+def max_depth_payload_bytes(max_pixels: int) -> int:
+    """Return the largest depth payload a frame of up to *max_pixels* pixels can take.
+
+    The raw codec takes 2 bytes a pixel; grad-zstd a content of ``2n + n/8`` bytes in a
+    zstd frame, which is a little larger than its content when nothing compresses. A
+    client's depth socket refuses anything larger before allocating it.
+    """
+    content = 2 * max_pixels + (max_pixels + 7) // 8
+    return 1 + content + (content >> 7) + 1024
+
+
+def depth_endpoint_for(control_endpoint: str, depth_endpoint: str,
+                       follow: bool = False) -> str:
+    """Return where to subscribe to a depth endpoint a server named in its ``me``.
+
+    Unless *follow* is true, a ``me`` cannot send the client elsewhere: only ``tcp://``
+    depth endpoints are followed, and at the host of *control_endpoint* (the host the
+    client connected to; the server names only the port). With *follow*,
+    *depth_endpoint* is used as named (any host, any ZeroMQ transport). Raises
+    ValueError for an endpoint that is not followed.
+    """
+    if follow:
+        return depth_endpoint
+    transport, _, rest = control_endpoint.partition('://')
+    if transport != 'tcp':
+        # Not reached over the network (ipc://, inproc://): same transport only.
+        if not depth_endpoint.startswith(transport + '://'):
+            raise ValueError('depth endpoint {0!r} is not {1}:// like the control '
+                             'endpoint'.format(depth_endpoint, transport))
+        return depth_endpoint
+    if not depth_endpoint.startswith('tcp://'):
+        raise ValueError('depth endpoint {0!r} is not tcp://; only tcp:// to the host '
+                         'connected to is followed (see follow_endpoints)'.format(
+                             depth_endpoint))
+    port = depth_endpoint.rpartition(':')[2]
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError('depth endpoint {0!r} has no valid port'.format(depth_endpoint))
+    return 'tcp://{0}:{1}'.format(rest.rpartition(':')[0], int(port))
 
 
 class FrameStats(object):
-    """Counters for the depth stream of one device, as seen by a client."""
+    """Counters for the depth stream of one device, as seen by a client.
 
-    __slots__ = ('received', 'invalid', 'dropped', 'payload_bytes', 'raw_bytes',
-                 'last_sequence', 'last_latency')
+    ``received`` frames decoded and delivered; ``invalid`` messages rejected (malformed,
+    undecodable); ``dropped`` frames missing from the sequence (lost upstream);
+    ``payload_bytes`` bytes received (headers and payloads); ``raw_bytes`` bytes the
+    delivered frames decode to; ``last_sequence``; ``last_latency`` seconds from capture
+    to decoded, last frame. ``window`` (a :py:class:`~streamkinect2.stats.Window`) holds
+    the last ``STATS_WINDOW`` s of frames with their latencies: :py:meth:`rate` and
+    :py:meth:`latency_percentile` read it. ``stalled`` is True while an enabled stream
+    has delivered nothing for the client's ``stall_timeout``. Written on the client's
+    IOLoop; other threads may read.
+    """
 
-    def __init__(self):
+    #: The counters :py:meth:`as_dict` returns.
+    COUNTERS = ('received', 'invalid', 'dropped', 'payload_bytes', 'raw_bytes',
+                'last_sequence', 'last_latency')
+
+    def __init__(self, window: float = STATS_WINDOW) -> None:
         """Start all counters at zero."""
-        self.received = 0          # frames decoded and delivered
-        self.invalid = 0           # messages rejected (malformed, undecodable)
-        self.dropped = 0           # frames missing from the sequence (lost upstream)
-        self.payload_bytes = 0     # bytes received (headers and payloads)
-        self.raw_bytes = 0         # bytes the delivered frames decode to
-        self.last_sequence = None
-        self.last_latency = None   # seconds from capture to decoded, last frame
+        self.received = 0
+        self.invalid = 0
+        self.payload_bytes = 0
+        self.raw_bytes = 0
+        self.last_latency: Optional[float] = None
+        self.gaps = SequenceGaps()
+        self.window = Window(window)
+        self.stalled = False
+        #: Monotonic time of the last frame delivered (or of enabling the stream).
+        self.last_frame_at: Optional[float] = None
 
-    def as_dict(self):
+    @property
+    def dropped(self) -> int:
+        """Return the number of frames missing from the sequence."""
+        return self.gaps.missing
+
+    @property
+    def last_sequence(self) -> Optional[int]:
+        """Return the sequence number of the last frame delivered (None before the first)."""
+        return self.gaps.last
+
+    def add_frame(self, depth_frame: DepthFrame, message_bytes: int,
+                  now: Optional[float] = None) -> None:
+        """Account one delivered frame that came in a message of *message_bytes*."""
+        now = time.monotonic() if now is None else now
+        self.last_latency = time.time() - depth_frame.timestamp
+        self.gaps.add(depth_frame.sequence)
+        self.received += 1
+        self.payload_bytes += message_bytes
+        self.raw_bytes += depth_frame.data.nbytes
+        self.last_frame_at = now
+        self.window.add(self.last_latency, now)
+
+    def rate(self, period: Optional[float] = None) -> float:
+        """Return frames per second over the last *period* s (default: the window)."""
+        return self.window.rate(period)
+
+    def latency_percentile(self, fraction: float, period: Optional[float] = None) -> float:
+        """Return the *fraction* percentile of the latencies (s) of the last *period* s."""
+        return self.window.percentile(fraction, period)
+
+    def as_dict(self) -> Dict[str, Any]:
         """Return the counters as a dict."""
-        return {name: getattr(self, name) for name in self.__slots__}
+        return {name: getattr(self, name) for name in self.COUNTERS}
 
 
 class _Request(object):
     __slots__ = ('msg_type', 'payload', 'callback', 'sent_at')
 
-    def __init__(self, msg_type, payload, callback):
+    def __init__(self, msg_type: MessageType, payload: Any,
+                 callback: Callable[[MessageType, Any], None]) -> None:
         self.msg_type = msg_type
         self.payload = payload
         self.callback = callback
-        self.sent_at = None
+        self.sent_at: Optional[float] = None
 
 
 class Client(object):
@@ -75,18 +167,30 @@ class Client(object):
     client connects when constructed, else :py:meth:`connect` must be called.
 
     ``server_name``: the server's human-readable name, or None until it has replied.
-    ``endpoints``: dict of endpoint addresses keyed by ``EndpointType``.
+    ``endpoints``: dict of endpoint addresses keyed by ``EndpointType``; the control
+    endpoint is the one given (a server's ``me`` cannot change it).
     ``is_connected``: True between :py:meth:`connect` and :py:meth:`disconnect` (which
-    happens by itself when the server stops answering).
+    happens by itself when the server stops answering, or answers ``who`` with anything
+    but a valid ``me``). ``is_identified``: True once the server has identified itself.
     ``kinect_ids``: ids of the server's devices. ``devices``: their ``me`` records.
+    ``stats``: a :py:class:`FrameStats` per device in ``kinect_ids`` (dropped with the
+    device, after ``on_remove_kinect``).
     ``heartbeat_period``: delay in ms between heartbeat requests; changes are ignored
     once :py:meth:`connect` has been called. ``response_timeout``: the maximum wait in
-    ms for a reply before the client gives up and disconnects.
-    ``max_frame_pixels``: the largest frame accepted; a frame header may not make the
-    client allocate more than that.
+    ms for a reply before the client gives up and disconnects. ``stall_timeout``: ms
+    without a frame from an enabled depth stream, while the server answers, after which
+    the stream is reported stalled (a warning, ``stats[id].stalled``).
+    ``max_frame_pixels``: the largest frame accepted; a depth message may not make the
+    client allocate more than one such frame. ``max_devices``: the most devices taken
+    from a server (the first ones it lists). ``follow_endpoints``: if False (the
+    default), depth streams are received only over ``tcp://`` from the host connected
+    to (see :py:func:`depth_endpoint_for`); True follows whatever the server names.
 
     *curve*, a :py:class:`~streamkinect2.security.CurveClientConfig`, turns on CURVE
     encryption and authentication towards a server that has it on.
+
+    Receivers of the signals are called on the IOLoop; one that raises is logged and
+    stops neither the others nor the stream.
     """
 
     #: Emitted when the client has connected and the server has identified itself.
@@ -101,49 +205,68 @@ class Client(object):
     #: ``kinect_id`` for each depth frame received and decoded.
     on_depth_frame = Signal()
 
-    def __init__(self, control_endpoint, connect_immediately=False, zmq_ctx=None,
-                 io_loop=None, curve=None):
+    def __init__(self, control_endpoint: str, connect_immediately: bool = False,
+                 zmq_ctx: Optional[zmq.Context] = None, io_loop: Optional[IOLoop] = None,
+                 curve: Optional[CurveClientConfig] = None) -> None:
         """Create a client for the server at *control_endpoint*."""
         self._curve = curve
         self.heartbeat_period = 500
         self.response_timeout = 2000
+        self.stall_timeout = 2000
         self.max_frame_pixels = DEFAULT_MAX_FRAME_PIXELS
-        self.server_name = None
-        self.endpoints = {EndpointType.control: control_endpoint}
+        self.max_devices = DEFAULT_MAX_DEVICES
+        self.follow_endpoints = False
+        self.server_name: Optional[str] = None
+        self.endpoints: Dict[EndpointType, str] = {EndpointType.control: control_endpoint}
         self.is_connected = False
-        self.devices = collections.OrderedDict()
-        self.stats = {}
+        self.devices: Dict[str, Dict[str, Any]] = collections.OrderedDict()
+        self.stats: Dict[str, FrameStats] = {}
         self._ctx = zmq_ctx if zmq_ctx is not None else zmq.Context.instance()
         self._io_loop = io_loop if io_loop is not None else IOLoop.current()
-        self._control_stream = None
-        self._depth_streams = {}
-        self._invalid_logged = {}
-        self._queue = collections.deque()
-        self._in_flight = None
+        self._control_stream: Optional[ZMQStream] = None
+        self._depth_streams: Dict[str, ZMQStream] = {}
+        # id: [endpoint, subscribed at, last message at] (monotonic times)
+        self._depth_endpoints: Dict[str, List[Any]] = {}
+        self._invalid_logged: Dict[str, Any] = {}
+        self._queue: Any = collections.deque()
+        self._in_flight: Optional[_Request] = None
         self._last_sent = 0.0
         self._identified = False
-        self._ticker = None
+        self._capped_logged = False
+        self._ticker: Optional[PeriodicCallback] = None
         if connect_immediately:
             self.connect()
 
     @property
-    def kinect_ids(self):
+    def kinect_ids(self) -> List[str]:
         """List of the ids of the server's devices."""
         return list(self.devices)
 
+    @property
+    def is_identified(self) -> bool:
+        """Return True once the server connected to has identified itself."""
+        return self.is_connected and self._identified
+
     # --- connection ------------------------------------------------------------------
 
-    def connect(self):
+    def connect(self) -> None:
         """Explicitly connect the client (again, after a disconnect)."""
         if self.is_connected:
             log.warning('Client already connected')
             return
         sock = self._socket(zmq.REQ)
-        sock.connect(self.endpoints[EndpointType.control])
+        # A reply larger than any valid one is refused by ZeroMQ before it is allocated.
+        sock.maxmsgsize = CONTROL_MAX_MESSAGE_SIZE
+        try:
+            sock.connect(self.endpoints[EndpointType.control])
+        except zmq.ZMQError:
+            sock.close(linger=0)
+            raise
         self._control_stream = ZMQStream(sock, self._io_loop)
         self._control_stream.on_recv(self._on_control_recv)
         self.is_connected = True
         self._identified = False
+        self._capped_logged = False
         self._queue.clear()
         self._in_flight = None
         self._heartbeat_ms = self.heartbeat_period  # fixed until the next connect()
@@ -152,24 +275,26 @@ class Client(object):
         self._ticker.start()
         self._who()
 
-    def _socket(self, socket_type):
+    def _socket(self, socket_type: int) -> zmq.Socket:
         return new_socket(self._ctx, socket_type, self._curve)
 
-    def disconnect(self):
+    def disconnect(self) -> None:
         """Explicitly disconnect the client."""
         if not self.is_connected:
             log.warning('Client not connected')
             return
         self._disconnect()
 
-    def _disconnect(self, reason=None):
+    def _disconnect(self, reason: Optional[str] = None) -> None:
         if reason:
             log.warning('Disconnecting from %s: %s', self.endpoints[EndpointType.control],
                         reason)
-        self._ticker.stop()
-        self._ticker = None
-        self._control_stream.close(linger=0)
-        self._control_stream = None
+        ticker, stream = self._ticker, self._control_stream
+        self._ticker = self._control_stream = None
+        if ticker is not None:
+            ticker.stop()
+        if stream is not None:
+            stream.close(linger=0)
         self.is_connected = False
         self._queue.clear()
         self._in_flight = None
@@ -177,175 +302,242 @@ class Client(object):
             self._remove_device(kinect_id)
         if self._identified:
             self._identified = False
-            self.on_disconnect.send(self)
+            send_isolated(self.on_disconnect, self)
 
-    def __enter__(self):
+    def __enter__(self) -> 'Client':
         """Connect the client and return it."""
         self.connect()
         return self
 
-    def __exit__(self, exc_type, exc_value, traceback):
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
         """Disconnect the client."""
         if self.is_connected:
             self.disconnect()
 
     # --- requests --------------------------------------------------------------------
 
-    def ping(self, pong_cb=None):
+    def ping(self, pong_cb: Optional[Callable[[], Any]] = None) -> None:
         """Send a 'ping'; *pong_cb*, if not None, is called with no arguments on 'pong'."""
         self._ensure_connected()
 
-        def got_pong(msg_type, payload):
+        def got_pong(msg_type: MessageType, payload: Any) -> None:
             if msg_type is not MessageType.pong:
                 raise ProtocolError('expected pong, got {0}'.format(msg_type.name))
             if pong_cb is not None:
                 pong_cb()
         self._request(MessageType.ping, None, got_pong)
 
-    def _who(self):
+    def _who(self) -> None:
         self._request(MessageType.who, None, self._got_me)
 
-    def _ensure_connected(self):
+    def _ensure_connected(self) -> None:
         if not self.is_connected:
             raise RuntimeError('Client is not connected')
 
-    def _request(self, msg_type, payload, callback):
+    def _request(self, msg_type: MessageType, payload: Any,
+                 callback: Callable[[MessageType, Any], None]) -> None:
         self._queue.append(_Request(msg_type, payload, callback))
         self._pump()
 
-    def _pump(self):
-        if self._in_flight is not None or not self._queue or not self.is_connected:
+    def _pump(self) -> None:
+        stream = self._control_stream
+        if self._in_flight is not None or not self._queue or stream is None:
             return
         request = self._queue.popleft()
         request.sent_at = self._last_sent = time.monotonic()
         self._in_flight = request
-        self._control_stream.send_multipart(encode_control(request.msg_type,
-                                                           request.payload))
+        stream.send_multipart(encode_control(request.msg_type, request.payload))
 
-    def _tick(self):
+    def _tick(self) -> None:
         now = time.monotonic()
         request = self._in_flight
         if request is not None:
-            if (now - request.sent_at) * 1000 > self.response_timeout:
+            if (now - (request.sent_at or now)) * 1000 > self.response_timeout:
                 self._disconnect('no reply within {0} ms'.format(self.response_timeout))
+                return
         elif not self._queue and (now - self._last_sent) * 1000 >= self._heartbeat_ms:
             self._who()  # heartbeat, which also refreshes the device list
+        self._check_stalls(now)
 
-    def _on_control_recv(self, frames):
+    def _on_control_recv(self, frames: List[bytes]) -> None:
         request, self._in_flight = self._in_flight, None
         try:
             msg_type, payload = decode_control(frames)
+            if request is None:
+                raise ProtocolError('unsolicited {0} reply'.format(msg_type.name))
             if msg_type is MessageType.error:
                 reason = payload.get('reason') if isinstance(payload, dict) else None
                 raise ProtocolError('server replied error: {0}'.format(reason))
-            if request is None:
-                raise ProtocolError('unsolicited {0} reply'.format(msg_type.name))
             request.callback(msg_type, payload)
         except ProtocolError as err:
-            log.error('Protocol error from %s: %s', self.endpoints[EndpointType.control], err)
+            # Whatever answers who with anything but a valid me is no server to stay
+            # connected to (identified or not): give it up.
+            give_up = request is not None and request.msg_type is MessageType.who
+            log.error('Protocol error from %s: %s%s', self.endpoints[EndpointType.control],
+                      err, '; disconnecting' if give_up else '')
+            if give_up:
+                self._disconnect()
         except Exception:
             log.exception('Error handling reply from %s', self.endpoints[EndpointType.control])
         self._pump()
 
-    def _got_me(self, msg_type, payload):
+    def _got_me(self, msg_type: MessageType, payload: Any) -> None:
         if msg_type is not MessageType.me:
             raise ProtocolError('expected me, got {0}'.format(msg_type.name))
-        try:
-            validate_me_payload(payload)
-        except ProtocolError:
-            if not self._identified:
-                # Nothing usable from this server: stop talking to it.
-                self._io_loop.add_callback(self._disconnect_if_unidentified)
-            raise
+        validate_me_payload(payload)
+        # The control endpoint stays the one given: a server cannot redirect the client.
         self.server_name = payload['name']
-        for name, address in payload['endpoints'].items():
-            if name in EndpointType.__members__ and isinstance(address, str):
-                self.endpoints[EndpointType[name]] = address
         records = collections.OrderedDict((d['id'], d) for d in payload['devices'])
+        if len(records) > self.max_devices:
+            if not self._capped_logged:
+                self._capped_logged = True
+                log.warning('Server %r lists %d devices; taking the first %d (max_devices)',
+                            self.server_name, len(records), self.max_devices)
+            records = collections.OrderedDict(list(records.items())[:self.max_devices])
         for kinect_id in list(self.devices):
             old, new = self.devices[kinect_id], records.get(kinect_id)
             if new is None or new.get('endpoints') != old.get('endpoints'):
                 self._remove_device(kinect_id)
-        first = not self._identified
-        if first:
+        if not self._identified:
             self._identified = True
             log.info('Connected to %r at %s', self.server_name,
                      self.endpoints[EndpointType.control])
-            self.on_connect.send(self)
+            send_isolated(self.on_connect, self)
         for kinect_id, record in records.items():
             if kinect_id not in self.devices and self.is_connected:
                 self.devices[kinect_id] = record
                 self.stats[kinect_id] = FrameStats()
-                self.on_add_kinect.send(self, kinect_id=kinect_id)
+                send_isolated(self.on_add_kinect, self, kinect_id=kinect_id)
 
-    def _disconnect_if_unidentified(self):
-        if self.is_connected and not self._identified:
-            self._disconnect('server sent an invalid me reply')
-
-    def _remove_device(self, kinect_id):
+    def _remove_device(self, kinect_id: str) -> None:
         self._close_depth_stream(kinect_id)
         del self.devices[kinect_id]
-        self.on_remove_kinect.send(self, kinect_id=kinect_id)
+        send_isolated(self.on_remove_kinect, self, kinect_id=kinect_id)
+        # Gone with the device (receivers above could still read them).
+        self.stats.pop(kinect_id, None)
+        self._invalid_logged.pop(kinect_id, None)
 
     # --- depth -----------------------------------------------------------------------
 
-    def device_info(self, kinect_id):
+    def device_info(self, kinect_id: str) -> Dict[str, Any]:
         """Return the ``me`` device record of *kinect_id* (a dict)."""
         return self.devices[kinect_id]
 
-    def enable_depth_frames(self, kinect_id):
+    def enable_depth_frames(self, kinect_id: str) -> None:
         """Enable streaming of depth frames from the device *kinect_id*.
 
-        Raises ValueError if *kinect_id* does not correspond to a connected device.
+        Raises ValueError if *kinect_id* does not correspond to a connected device, or
+        if its depth endpoint is not one the client follows (see ``follow_endpoints``).
         """
         record = self.devices.get(kinect_id)
         if record is None:
             raise ValueError('no device with id {0!r} on this server'.format(kinect_id))
-        endpoint = record['endpoints'].get('depth')
-        if not endpoint:
+        named = record['endpoints'].get('depth')
+        if not named:
             raise ValueError('device {0!r} has no depth endpoint'.format(kinect_id))
         if kinect_id in self._depth_streams:
             return
+        try:
+            endpoint = depth_endpoint_for(self.endpoints[EndpointType.control], named,
+                                          self.follow_endpoints)
+        except ValueError as err:
+            raise ValueError('device {0!r}: {1}'.format(kinect_id, err)) from None
+        if endpoint != named:
+            log.info('Device %s: depth endpoint %s named, subscribing at %s', kinect_id,
+                     named, endpoint)
+        self._open_depth_stream(kinect_id, endpoint)
+        stats = self.stats[kinect_id]
+        stats.last_frame_at = time.monotonic()
+        stats.stalled = False
+
+    def _open_depth_stream(self, kinect_id: str, endpoint: str) -> None:
         sock = self._socket(zmq.SUB)
         sock.rcvhwm = DEPTH_RECV_HWM
-        sock.connect(endpoint)
+        # No message larger than the largest frame accepted is ever allocated: ZeroMQ
+        # drops the connection instead (for good: a stalled stream is resubscribed).
+        sock.maxmsgsize = max_depth_payload_bytes(self.max_frame_pixels)
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as err:
+            sock.close(linger=0)
+            raise ValueError('device {0!r}: cannot subscribe at {1}: {2}'.format(
+                kinect_id, endpoint, err)) from None
         sock.setsockopt(zmq.SUBSCRIBE, b'')
         stream = ZMQStream(sock, self._io_loop)
         stream.on_recv(lambda frames: self._on_depth_message(kinect_id, frames), copy=False)
         self._depth_streams[kinect_id] = stream
+        now = time.monotonic()
+        self._depth_endpoints[kinect_id] = [endpoint, now, now]
 
-    def disable_depth_frames(self, kinect_id):
+    def disable_depth_frames(self, kinect_id: str) -> None:
         """Stop streaming depth frames from the device *kinect_id*."""
         if kinect_id not in self.devices:
             raise ValueError('no device with id {0!r} on this server'.format(kinect_id))
         self._close_depth_stream(kinect_id)
+        self.stats[kinect_id].stalled = False
 
-    def _close_depth_stream(self, kinect_id):
+    def _close_depth_stream(self, kinect_id: str) -> None:
+        self._depth_endpoints.pop(kinect_id, None)
         stream = self._depth_streams.pop(kinect_id, None)
         if stream is not None:
             stream.close(linger=0)
 
-    def _on_depth_message(self, kinect_id, frames):
-        stats = self.stats.get(kinect_id)
-        if stats is None or kinect_id not in self._depth_streams:
-            return
+    def _on_depth_message(self, kinect_id: str, frames: List[Any]) -> None:
+        # Runs from ZeroMQ's stream handler: nothing may escape (an exception there
+        # would leave the socket's edge-triggered fd disarmed, the stream dead).
         try:
-            depth_frame = self.decode_depth_message(frames)
-        except ProtocolError as err:
-            stats.invalid += 1
-            self._warn_invalid(kinect_id, stats, err)
-            return
-        stats.payload_bytes += sum(len(f.buffer) if hasattr(f, 'buffer') else len(f)
-                                   for f in frames)
-        stats.raw_bytes += depth_frame.data.nbytes
-        if stats.last_sequence is not None and depth_frame.sequence > stats.last_sequence:
-            stats.dropped += depth_frame.sequence - stats.last_sequence - 1
-        stats.last_sequence = depth_frame.sequence
-        stats.received += 1
-        stats.last_latency = time.time() - depth_frame.timestamp
-        self.on_depth_frame.send(self, depth_frame=depth_frame, kinect_id=kinect_id)
+            stats = self.stats.get(kinect_id)
+            if stats is None or kinect_id not in self._depth_streams:
+                return
+            self._depth_endpoints[kinect_id][2] = time.monotonic()
+            try:
+                depth_frame = self.decode_depth_message(frames)
+            except Exception as err:  # ProtocolError, or anything a bad message raises
+                stats.invalid += 1
+                self._warn_invalid(kinect_id, stats, err)
+                return
+            now = time.monotonic()
+            if stats.stalled:
+                stats.stalled = False
+                log.info('Depth frames from %s resumed after %.1f s', kinect_id,
+                         now - (stats.last_frame_at or now))
+            stats.add_frame(depth_frame, sum(len(f.buffer) if hasattr(f, 'buffer')
+                                             else len(f) for f in frames), now)
+            send_isolated(self.on_depth_frame, self, depth_frame=depth_frame,
+                          kinect_id=kinect_id)
+        except Exception:
+            log.exception('Error handling a depth message from %s', kinect_id)
 
-    def _warn_invalid(self, kinect_id, stats, err):
+    def _check_stalls(self, now: float) -> None:
+        if not self._identified:
+            return
+        request = self._in_flight
+        if request is not None and now - (request.sent_at or now) > \
+                self.response_timeout / 2000.0:
+            return  # the server itself is slow to answer: no verdict on its streams
+        limit = self.stall_timeout / 1000.0
+        for kinect_id in list(self._depth_streams):
+            stats = self.stats.get(kinect_id)
+            if stats is None or stats.last_frame_at is None:
+                continue
+            endpoint, subscribed_at, last_message_at = self._depth_endpoints[kinect_id]
+            if not stats.stalled and now - stats.last_frame_at > limit:
+                stats.stalled = True
+                log.warning('No depth frames from %s for %.1f s while its server answers '
+                            '(%d received, %d invalid so far)', kinect_id,
+                            now - stats.last_frame_at, stats.received, stats.invalid)
+            if now - max(subscribed_at, last_message_at) > limit:
+                # Not even an invalid message: ZeroMQ may have given the connection up
+                # for good (it does on a protocol error, an oversized message say), and
+                # a new socket is the only way back.
+                log.debug('Subscribing to %s again at %s', kinect_id, endpoint)
+                self._close_depth_stream(kinect_id)
+                try:
+                    self._open_depth_stream(kinect_id, endpoint)
+                except ValueError as err:
+                    log.error('%s', err)
+
+    def _warn_invalid(self, kinect_id: str, stats: FrameStats, err: Exception) -> None:
         # One warning per INVALID_LOG_PERIOD per device: a flood of bad messages must
         # not become a flood of log lines.
         now = time.monotonic()
@@ -357,7 +549,7 @@ class Client(object):
                     stats.invalid - last_count, kinect_id,
                     '' if last_at is None else ' in {0:.0f} s'.format(now - last_at), err)
 
-    def decode_depth_message(self, frames):
+    def decode_depth_message(self, frames: List[Any]) -> DepthFrame:
         """Decode and validate one depth message (list of frames) into a DepthFrame.
 
         Raises :py:class:`ProtocolError` if the message is malformed in any way.

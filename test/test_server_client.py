@@ -1,5 +1,6 @@
 """Server and client over real ZeroMQ sockets on loopback."""
 import asyncio
+import gc
 import json
 import time
 
@@ -10,6 +11,7 @@ from streamkinect2.client import Client
 from streamkinect2.common import EndpointType
 from streamkinect2.mock import MockKinect
 from streamkinect2.server import Server
+from tornado.ioloop import IOLoop
 import zmq
 from zmq.asyncio import Context as AsyncContext
 
@@ -74,6 +76,11 @@ def test_edge_values_round_trip_byte_exact():
                 assert client.server_name == server.name
                 assert client.kinect_ids == [kinect.unique_kinect_id]
                 assert client.endpoints[EndpointType.control] == control_endpoint(server)
+                stats = client.stats[kinect.unique_kinect_id]
+                assert stats.received == len(recorder.frames) and stats.invalid == 0
+                assert stats.rate() > 0 and stats.latency_percentile(0.5) > 0
+            # Stats go with the devices: nothing of this server survives disconnect().
+            assert client.stats == {}
         for kinect_id, frame in recorder.frames:
             assert kinect_id == kinect.unique_kinect_id
             assert frame.shape == (512, 424)
@@ -81,8 +88,6 @@ def test_edge_values_round_trip_byte_exact():
             assert np.array_equal(frame.array, edge_frame(frame.sequence))
             assert set(np.unique(frame.array[1:])) == set(EDGE_VALUES)
             assert 0 < time.time() - frame.timestamp < 10
-        stats = client.stats[kinect.unique_kinect_id]
-        assert stats.received == len(recorder.frames) and stats.invalid == 0
     run_async(main())
 
 
@@ -154,6 +159,28 @@ def test_repeated_start_stop_connect_disconnect_only_warn(caplog):
     warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
     for text in ('not running', 'already running', 'already connected', 'not connected'):
         assert any(text in w for w in warnings), text
+
+
+def test_a_device_that_cannot_be_served_says_why_and_leaves_no_socket():
+    """A depth socket whose monitor cannot be served (its IOLoop is closed) is closed whole.
+
+    Closing it used to call close() on the monitor's missing stream: an AttributeError
+    hid the cause and the monitor socket stayed open after the server stopped.
+    """
+    ctx = zmq.Context()
+    loop = IOLoop(make_current=False)
+    server = Server(address=LOOPBACK, announce=False, zmq_ctx=ctx, io_loop=loop)
+    try:
+        server.start()
+        loop.close()
+        with pytest.raises(RuntimeError, match='closed'):
+            server.add_kinect(MockKinect())
+        assert server.kinects == []
+        server.stop()
+        gc.collect()
+        assert [s.socket_type for s in ctx._sockets if not s.closed] == []
+    finally:
+        ctx.destroy(linger=0)
 
 
 def test_server_rejects_bad_arguments():
@@ -269,9 +296,9 @@ def test_client_survives_garbage_from_a_fake_server():
                     await rep.recv_multipart()
                     await rep.send_multipart([b'\x04', json.dumps(me).encode()])
             server_task = asyncio.ensure_future(serve())
-            # The invalid me replies make it give up; it then tries again.
+            # Each invalid reply to who makes it give up; it then tries again.
             client.connect()
-            for _ in range(5):
+            for _ in range(len(replies)):
                 await wait_until(lambda: not client.is_connected or client.kinect_ids, 10,
                                  'a verdict')
                 if client.kinect_ids:
