@@ -1,14 +1,17 @@
 """Fuzz a server's control endpoint and a client's depth endpoint; print the counts.
 
-``python bench/fuzz.py [--control N] [--depth N] [--seed S]``. Everything runs on
-loopback. The server must answer (or, above ZeroMQ's size limit, drop) every message and
-keep serving a well-behaved client streaming beside the fuzzer; the client must drop and
-count every bad depth message, allocate no more than a frame for any of them, and keep
-delivering the good ones.
+``python bench/fuzz.py [--control N] [--depth N] [--flood MIB] [--seed S]``. Everything
+runs on loopback. The server must answer (or, above ZeroMQ's size limit, drop) every
+message and keep serving a well-behaved client streaming beside the fuzzer; the client
+must drop and count every bad depth message, allocate no more than a frame for any of
+them, and keep delivering the good ones. A subscription flood at a server's depth
+endpoint (random prefixes, which libzmq would keep) must be cut off, leave the server's
+memory flat (RSS) and the well-behaved client streaming.
 """
 import argparse
 import asyncio
 import collections
+import gc
 import json
 import os
 import random
@@ -18,6 +21,7 @@ import time
 import tracemalloc
 
 import numpy as np
+import psutil
 from streamkinect2 import codec
 from streamkinect2.client import Client
 from streamkinect2.common import EndpointType
@@ -270,17 +274,173 @@ async def run_depth_fuzz(count, seed):
     return counts
 
 
+# --- depth endpoint: subscriptions ---------------------------------------------------
+
+class ZmtpSubscriber(object):
+    """A SUB peer speaking ZMTP 3.0 (NULL mechanism) by hand over a plain TCP socket.
+
+    It sends whatever it is told to, which no libzmq socket would: floods of subscription
+    prefixes, frames of any size. Everything the server sends is read and discarded.
+    """
+
+    GREETING = (b'\xff' + bytes(8) + b'\x7f' + b'\x03\x00' + b'NULL'.ljust(20, b'\x00')
+                + b'\x00' + bytes(31))
+
+    def __init__(self, reader, writer):
+        """Wrap a connected stream pair; use :py:meth:`connect`."""
+        self.reader = reader
+        self.writer = writer
+        self.received = 0
+        self._eof = asyncio.get_running_loop().create_future()
+        self._reading = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def connect(cls, endpoint):
+        """Connect to a ``tcp://host:port`` endpoint and send the greeting and READY."""
+        host, port = endpoint[len('tcp://'):].rsplit(':', 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        body = b'\x05READY' + b'\x0bSocket-Type' + struct.pack('>I', 3) + b'SUB'
+        writer.write(cls.GREETING + bytes([0x04, len(body)]) + body)
+        return cls(reader, writer)
+
+    async def _read(self):
+        try:
+            while True:
+                data = await self.reader.read(65536)
+                if not data:
+                    break
+                self.received += len(data)
+        except (ConnectionError, OSError):
+            pass
+        self._eof.set_result(True)
+
+    def send(self, body):
+        """Queue one single-frame message; return the bytes it takes on the wire."""
+        frame = self.frame(body)
+        self.send_raw(frame)
+        return len(frame)
+
+    def send_raw(self, data):
+        """Queue *data* as it is, unless the server has closed the connection."""
+        if not self.closed_by_peer:
+            self.writer.write(data)
+
+    @staticmethod
+    def frame(body):
+        """Encode *body* as the one ZMTP frame of a message."""
+        if len(body) < 256:
+            return bytes([0x00, len(body)]) + body
+        return b'\x02' + struct.pack('>Q', len(body)) + body
+
+    @property
+    def closed_by_peer(self):
+        """Tell whether the server has closed (or reset) the connection."""
+        return self._eof.done() or self.writer.is_closing()
+
+    async def drain(self, timeout):
+        """Wait until the queued bytes are in the kernel; False if the server cut us off."""
+        try:
+            await asyncio.wait_for(self.writer.drain(), timeout)
+        except (ConnectionError, OSError):
+            return False
+        except asyncio.TimeoutError:  # the server reads slowly: still connected
+            pass
+        return not self.closed_by_peer
+
+    async def wait_closed_by_peer(self, timeout):
+        """Wait up to *timeout* s for the server to close the connection; tell if it did."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self._eof), timeout)
+        except asyncio.TimeoutError:
+            pass
+        return self.closed_by_peer
+
+    async def close(self):
+        """Close the connection."""
+        self._reading.cancel()
+        self.writer.close()
+        try:
+            await asyncio.wait_for(self.writer.wait_closed(), 2)
+        except (ConnectionError, OSError, asyncio.TimeoutError):
+            pass
+
+
+def _rss():
+    gc.collect()
+    return psutil.Process().memory_info().rss
+
+
+async def run_subscription_flood(mib, seed):
+    """Flood a serving device's depth endpoint with *mib* MiB of random prefixes.
+
+    The attacker reconnects whenever it is cut off. Returns the counts, with the growth
+    of this process's RSS (the server's: the attacker is a raw socket and keeps nothing).
+    """
+    rng = random.Random(seed)
+    total = int(mib * 2 ** 20)
+    counts = collections.Counter()
+    with MockKinect() as kinect, Server(address=LOOPBACK, announce=False) as server:
+        server.add_kinect(kinect)
+        client = Client(server.endpoints[EndpointType.control])
+        frames = []
+        Client.on_add_kinect.connect(lambda c, kinect_id: c.enable_depth_frames(kinect_id),
+                                     client, weak=False)
+        Client.on_depth_frame.connect(lambda c, depth_frame, kinect_id: frames.append(
+            depth_frame.sequence), client, weak=False)
+        client.connect()
+        try:
+            deadline = time.monotonic() + 10
+            while len(frames) < 10 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.5)
+            before = _rss()
+            endpoint = server.device_endpoint(kinect.unique_kinect_id)
+            sent = 0
+            deadline = time.monotonic() + 60
+            while sent < total and time.monotonic() < deadline:
+                peer = await ZmtpSubscriber.connect(endpoint)
+                counts['connections'] += 1
+                try:
+                    alive = True
+                    while alive and sent < total and time.monotonic() < deadline:
+                        batch = b''.join(peer.frame(b'\x01' + rng.randbytes(rng.randrange(
+                            8, 40))) for _ in range(2048))  # about 50 KiB
+                        peer.send_raw(batch)
+                        sent += len(batch)
+                        alive = await peer.drain(5)
+                    if not alive or await peer.wait_closed_by_peer(0.2):
+                        counts['connections cut by the server'] += 1
+                finally:
+                    await peer.close()
+            during = len(frames)
+            await asyncio.sleep(1.0)
+            counts['MiB sent'] = round(sent / 2 ** 20, 1)
+            counts['server RSS growth MiB'] = round((_rss() - before) / 2 ** 20, 1)
+            counts['subscribers cut (server count)'] = server.device_stats(
+                kinect.unique_kinect_id).get('subscribers_cut', 0)
+            counts['client frames during flood'] = during
+            counts['client still streaming'] = int(len(frames) >= during + 3
+                                                   and client.is_connected)
+        finally:
+            if client.is_connected:
+                client.disconnect()
+    return counts
+
+
 def main(argv=None):
     """Run both fuzzers and print their counts."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--control', type=int, default=5000)
     parser.add_argument('--depth', type=int, default=3000)
+    parser.add_argument('--flood', type=float, default=6.0, metavar='MIB')
     parser.add_argument('--seed', type=int, default=int.from_bytes(os.urandom(4), 'big'))
     args = parser.parse_args(argv)
     print('seed', args.seed)
     for title, fuzzer, count in (
             ('control endpoint, {0} messages', run_control_fuzz, args.control),
-            ('client depth endpoint, {0} malformed messages', run_depth_fuzz, args.depth)):
+            ('client depth endpoint, {0} malformed messages', run_depth_fuzz, args.depth),
+            ('server depth endpoint, {0} MiB of random subscriptions',
+             run_subscription_flood, args.flood)):
         started = time.monotonic()
         counts = asyncio.run(fuzzer(count, args.seed))
         print((title + ' in {1:.0f} s:').format(count, time.monotonic() - started))

@@ -48,11 +48,14 @@ claims. Both functions are thread-safe; each thread keeps its own zstd contexts 
 buffers.
 """
 import threading
+from typing import Any, Dict
 
 import numpy as np
+import numpy.typing as npt
 import zstandard
 
 from .common import ProtocolError
+from .protocol import BytesLike
 
 __all__ = ['CodecError', 'CODEC_RAW', 'CODEC_GRAD_ZSTD', 'DEFAULT_CODEC', 'CODEC_NAMES',
            'encode', 'decode']
@@ -63,16 +66,16 @@ class CodecError(ProtocolError):
 
 
 #: Raw little-endian ``uint16``, row-major.
-CODEC_RAW = 0
+CODEC_RAW: int = 0
 #: Gradient prediction with hole filling, zigzag, byte planes and zstd (see module doc).
-CODEC_GRAD_ZSTD = 1
+CODEC_GRAD_ZSTD: int = 1
 #: The codec used when none is given.
-DEFAULT_CODEC = CODEC_GRAD_ZSTD
+DEFAULT_CODEC: int = CODEC_GRAD_ZSTD
 #: Short names of the codecs, by id.
-CODEC_NAMES = {CODEC_RAW: 'raw', CODEC_GRAD_ZSTD: 'grad-zstd'}
+CODEC_NAMES: Dict[int, str] = {CODEC_RAW: 'raw', CODEC_GRAD_ZSTD: 'grad-zstd'}
 
 #: Payload layout version of CODEC_GRAD_ZSTD (first byte of the payload).
-GRAD_ZSTD_VERSION = 1
+GRAD_ZSTD_VERSION: int = 1
 
 # zstd settings, measured on real Kinect v2 frames: the residual planes are almost all
 # literals, and short matches only cut them into pieces, so the fast strategy with the
@@ -80,9 +83,10 @@ GRAD_ZSTD_VERSION = 1
 # (3.74 against 3.68 for level 1). A 128 KiB window keeps zstd's blocks (and so its
 # Huffman tables) at their largest size; smaller blocks compress slightly better but more
 # slowly.
-_ZSTD_PARAMS = {'window_log': 17, 'chain_log': 12, 'hash_log': 6, 'search_log': 1,
-                'min_match': 7, 'target_length': 0, 'strategy': zstandard.STRATEGY_FAST,
-                'write_checksum': True, 'write_content_size': True, 'write_dict_id': False}
+_ZSTD_PARAMS: Dict[str, Any] = {
+    'window_log': 17, 'chain_log': 12, 'hash_log': 6, 'search_log': 1, 'min_match': 7,
+    'target_length': 0, 'strategy': zstandard.STRATEGY_FAST, 'write_checksum': True,
+    'write_content_size': True, 'write_dict_id': False}
 _MAX_WINDOW = 1 << 22
 # Rows a block in the blocked running sum down the columns (decoding step 4).
 _ROW_BLOCK = 16
@@ -90,7 +94,7 @@ _ROW_BLOCK = 16
 _local = threading.local()
 
 
-def _compressor():
+def _compressor() -> zstandard.ZstdCompressor:
     c = getattr(_local, 'compressor', None)
     if c is None:
         c = _local.compressor = zstandard.ZstdCompressor(
@@ -98,14 +102,14 @@ def _compressor():
     return c
 
 
-def _decompressor():
+def _decompressor() -> zstandard.ZstdDecompressor:
     d = getattr(_local, 'decompressor', None)
     if d is None:
         d = _local.decompressor = zstandard.ZstdDecompressor(max_window_size=_MAX_WINDOW)
     return d
 
 
-def _scratch(name, n, dtype):
+def _scratch(name: str, n: int, dtype: npt.DTypeLike) -> npt.NDArray[Any]:
     """Return this thread's scratch buffer *name* of *n* items of *dtype* (reused)."""
     bufs = getattr(_local, 'scratch', None)
     if bufs is None:
@@ -116,7 +120,7 @@ def _scratch(name, n, dtype):
     return b
 
 
-def _check_depth(depth):
+def _check_depth(depth: npt.ArrayLike) -> npt.NDArray[np.uint16]:
     depth = np.asarray(depth)
     if depth.ndim != 2:
         raise ValueError('depth must be a 2-D array, not {0}-D'.format(depth.ndim))
@@ -127,7 +131,7 @@ def _check_depth(depth):
     return np.ascontiguousarray(depth, dtype=np.uint16)
 
 
-def _grad_zstd_content(x):
+def _grad_zstd_content(x: npt.NDArray[np.uint16]) -> npt.NDArray[np.uint8]:
     """Return the content of the zstd frame for C-contiguous *x* (a scratch buffer)."""
     height, width = x.shape
     n = x.size
@@ -161,14 +165,14 @@ def _grad_zstd_content(x):
     return content
 
 
-def _encode_grad_zstd(x):
-    return bytes((GRAD_ZSTD_VERSION,)) + _compressor().compress(_grad_zstd_content(x))
+def _encode_grad_zstd(x: npt.NDArray[np.uint16]) -> bytes:
+    return bytes((GRAD_ZSTD_VERSION,)) + _compressor().compress(_grad_zstd_content(x).data)
 
 
-_ZSTD_EXTRA_KW = {'allow_extra_data': False}
+_ZSTD_EXTRA_KW: Dict[str, Any] = {'allow_extra_data': False}
 
 
-def _zstd_decompress(frame, size):
+def _zstd_decompress(frame: memoryview, size: int) -> bytes:
     d = _decompressor()
     global _ZSTD_EXTRA_KW
     try:
@@ -181,7 +185,8 @@ def _zstd_decompress(frame, size):
     return d.decompress(frame, max_output_size=size)
 
 
-def _decode_grad_zstd(payload, width, height):
+def _decode_grad_zstd(payload: memoryview, width: int,
+                      height: int) -> npt.NDArray[np.uint16]:
     n = width * height
     size = 2 * n + (n + 7) // 8
     if len(payload) < 2:
@@ -222,7 +227,7 @@ def _decode_grad_zstd(payload, width, height):
     return image
 
 
-def _cumsum_rows(g):
+def _cumsum_rows(g: npt.NDArray[np.uint16]) -> None:
     """Replace each row of *g* (H, W) by the running sum of the rows down to it, in place.
 
     numpy's own cumsum along axis 0 is slow; this adds whole rows. Rows are taken in
@@ -243,7 +248,7 @@ def _cumsum_rows(g):
         np.add(g[i - 1], g[i], out=g[i])
 
 
-def encode(depth, codec=DEFAULT_CODEC):
+def encode(depth: npt.ArrayLike, codec: int = DEFAULT_CODEC) -> bytes:
     """Return the payload (bytes) encoding *depth* with *codec*.
 
     *depth* is a 2-D ``uint16`` array (height, width), of any strides. Raises ValueError
@@ -257,7 +262,8 @@ def encode(depth, codec=DEFAULT_CODEC):
     raise ValueError('unknown codec {0!r}'.format(codec))
 
 
-def decode(payload, width, height, codec):
+def decode(payload: BytesLike, width: int, height: int,
+           codec: int) -> npt.NDArray[np.uint16]:
     """Return a new (height, width) ``uint16`` array decoded from *payload* with *codec*.
 
     *payload* is a bytes-like object. Raises :py:class:`CodecError` if the codec is

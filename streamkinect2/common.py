@@ -1,6 +1,9 @@
 """Common elements for both client and server."""
 import enum
 import logging
+from typing import Any
+
+from blinker import Signal
 
 __all__ = ['EndpointType', 'ProtocolError', 'ZC_SERVICE_TYPE', 'PROTOCOL_VERSION',
            'send_isolated']
@@ -9,10 +12,10 @@ logging.getLogger('streamkinect2').addHandler(logging.NullHandler())
 log = logging.getLogger(__name__)
 
 #: The Zeroconf (DNS-SD) service type servers register under.
-ZC_SERVICE_TYPE = '_kinect2._tcp.local.'
+ZC_SERVICE_TYPE: str = '_kinect2._tcp.local.'
 
 #: Version of the control protocol carried in ``me`` payloads.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION: int = 1
 
 
 class ProtocolError(RuntimeError):
@@ -32,7 +35,7 @@ class EndpointType(enum.Enum):
     depth = 2
 
 
-def send_isolated(signal, sender, **kwargs):
+def send_isolated(signal: Signal, sender: Any, **kwargs: Any) -> None:
     """Call each receiver of the blinker *signal* for *sender*, isolating failures.
 
     ``Signal.send`` stops at the first receiver that raises; a device thread uses this

@@ -10,29 +10,36 @@ any frame that honours the reference's ``DepthFrame`` contract (:py:func:`as_dep
 import logging
 import threading
 import time
+from types import TracebackType
+from typing import Any, Dict, Optional, Tuple, Type, TypeVar, Union
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ['DepthFrame', 'DeviceLifetime', 'as_depth_frame', 'DEPTH_WIDTH', 'DEPTH_HEIGHT',
-           'KINECT2_DEFAULT_DEPTH_CAMERA', 'INTRINSIC_KEYS']
+           'KINECT2_DEFAULT_DEPTH_CAMERA', 'INTRINSIC_KEYS', 'DepthData']
 
 log = logging.getLogger(__name__)
 
+#: What a frame's pixels may be given as: a uint16 array, or a buffer of uint16 values.
+DepthData = Union[npt.NDArray[np.uint16], bytes, bytearray, memoryview]
+_Device = TypeVar('_Device', bound='DeviceLifetime')
+
 #: Width of a Kinect v2 depth (and IR) frame in pixels.
-DEPTH_WIDTH = 512
+DEPTH_WIDTH: int = 512
 #: Height of a Kinect v2 depth (and IR) frame in pixels.
-DEPTH_HEIGHT = 424
+DEPTH_HEIGHT: int = 424
 
 #: The keys of a camera's intrinsics record, besides ``width`` and ``height``: pixels for
 #: fx, fy, cx, cy; Brown-Conrady distortion k1, k2, k3 radial and p1, p2 tangential.
-INTRINSIC_KEYS = ('fx', 'fy', 'cx', 'cy', 'k1', 'k2', 'k3', 'p1', 'p2')
+INTRINSIC_KEYS: Tuple[str, ...] = ('fx', 'fy', 'cx', 'cy', 'k1', 'k2', 'k3', 'p1', 'p2')
 
 #: Depth (IR) camera intrinsics used when a device reports none of its own: the factory
 #: calibration of one Kinect v2 as read by libfreenect2's ``getIrCameraParams()``, for a
 #: 512 x 424 image. Every unit differs a little; a real device's record replaces them.
 #: This is the one table of default intrinsics: the mock reports it, and the client node
 #: falls back on it.
-KINECT2_DEFAULT_DEPTH_CAMERA = {
+KINECT2_DEFAULT_DEPTH_CAMERA: Dict[str, float] = {
     'width': DEPTH_WIDTH, 'height': DEPTH_HEIGHT,
     'fx': 365.456, 'fy': 365.456, 'cx': 254.878, 'cy': 205.395,
     'k1': 0.0905474, 'k2': -0.26819, 'k3': 0.0950862, 'p1': 0.0, 'p2': 0.0,
@@ -55,8 +62,17 @@ class DepthFrame(object):
 
     __slots__ = ('data', 'shape', 'sequence', 'timestamp_ns', 'device_timestamp')
 
-    def __init__(self, data, shape=None, sequence=0, timestamp_ns=None, device_timestamp=0):
+    data: npt.NDArray[np.uint16]
+    shape: Tuple[int, int]
+    sequence: int
+    timestamp_ns: int
+    device_timestamp: int
+
+    def __init__(self, data: DepthData, shape: Optional[Tuple[int, int]] = None,
+                 sequence: int = 0, timestamp_ns: Optional[int] = None,
+                 device_timestamp: int = 0) -> None:
         """Wrap *data* (2-D uint16 array, or buffer with *shape* = (width, height))."""
+        array: npt.NDArray[Any]
         if isinstance(data, np.ndarray):
             array = data
         else:
@@ -77,22 +93,22 @@ class DepthFrame(object):
         self.device_timestamp = int(device_timestamp)
 
     @property
-    def array(self):
+    def array(self) -> npt.NDArray[np.uint16]:
         """Return the pixels as a numpy array of shape ``(height, width)``, uint16."""
         return self.data
 
     @property
-    def timestamp(self):
+    def timestamp(self) -> float:
         """Capture time in seconds since the UNIX epoch."""
         return self.timestamp_ns * 1e-9
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         """Describe the frame briefly."""
         return '<DepthFrame {0}x{1} seq={2}>'.format(self.shape[0], self.shape[1],
                                                      self.sequence)
 
 
-def as_depth_frame(frame, sequence=None):
+def as_depth_frame(frame: Any, sequence: Optional[int] = None) -> DepthFrame:
     """Return *frame* as a :py:class:`DepthFrame`, or raise ValueError saying why not.
 
     *frame* may be any object with the reference API's contract: ``data``, a C-ordered
@@ -137,21 +153,62 @@ class DeviceLifetime(object):
     ``is_running`` False: :py:attr:`is_running` asks the thread, not a flag.
     """
 
-    _thread = None
+    _thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        """Start the device (subclasses do it)."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the device (subclasses do it)."""
+        raise NotImplementedError
 
     @property
-    def is_running(self):
+    def is_running(self) -> bool:
         """Tell whether the device thread runs."""
         thread = self._thread
         return thread is not None and (not isinstance(thread, threading.Thread)
                                        or thread.is_alive())
 
-    def __enter__(self):
+    def __enter__(self: _Device) -> _Device:
         """Start the device."""
         self.start()
         return self
 
-    def __exit__(self, exc_type, exc_value, traceback):
+    def __exit__(self, exc_type: Optional[Type[BaseException]],
+                 exc_value: Optional[BaseException],
+                 traceback: Optional[TracebackType]) -> None:
         """Stop the device if it still runs."""
         if self._thread is not None:
             self.stop()
+
+
+class RecurringErrorLog(object):
+    """Log an error that may recur every frame: at most once per *period* seconds.
+
+    The first occurrence is logged with its traceback; later ones within *period* are
+    only counted, and the count is reported with the next one logged. Thread-safe enough
+    for one thread per instance (a device or compressor thread).
+    """
+
+    def __init__(self, logger: logging.Logger, period: float = 10.0) -> None:
+        """Log to *logger* (a :py:class:`logging.Logger`)."""
+        self.logger = logger
+        self.period = float(period)
+        self.count = 0
+        self._suppressed = 0
+        self._next = 0.0
+
+    def error(self, message: str, *args: Any) -> None:
+        """Log ``message % args`` with the current exception, unless logged lately."""
+        self.count += 1
+        now = time.monotonic()
+        if now < self._next:
+            self._suppressed += 1
+            return
+        self._next = now + self.period
+        if self._suppressed:
+            message += ' (and %d more like it in the last %.0f s)'
+            args += (self._suppressed, self.period)
+            self._suppressed = 0
+        self.logger.error(message, *args, exc_info=True)

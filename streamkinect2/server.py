@@ -1,43 +1,75 @@
-"""Server: stream Kinect2 depth to clients, and find servers on the network."""
+"""Server: stream Kinect2 depth to clients (``ServerBrowser`` lives in discovery)."""
 import collections
 import ipaddress
 import logging
+import numbers
+import os
 import socket
+import struct
+import sys
 import threading
+import time
+from types import TracebackType
+from typing import (Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Type,
+                    TypedDict, Union)
+import unicodedata
 import uuid
 
-from blinker import Signal
 from tornado.ioloop import IOLoop
-from zeroconf import (InterfaceChoice, IPVersion, ServiceBrowser, ServiceInfo,
-                      ServiceStateChange, Zeroconf)
+from zeroconf import get_all_addresses, InterfaceChoice, IPVersion, ServiceInfo, Zeroconf
 import zmq
 from zmq.eventloop.zmqstream import ZMQStream
+from zmq.utils.monitor import parse_monitor_message
 
+from .codec import CODEC_NAMES
 from .common import EndpointType, PROTOCOL_VERSION, ProtocolError, ZC_SERVICE_TYPE
 from .compress import DepthFrameCompressor
-from .protocol import decode_control, encode_control, MessageType
-from .security import _Authenticator, new_socket
+from .discovery import ServerBrowser, ServerInfo
+from .protocol import (CONTROL_MAX_MESSAGE_SIZE, decode_control, encode_control,
+                       FrameMessage, MessageParts, MessageType)
+from .security import _Authenticator, CurveServerConfig, new_socket
 
 __all__ = ['Server', 'ServerBrowser', 'ServerInfo', 'default_address']
 
 log = logging.getLogger(__name__)
 
-#: Messages larger than this make ZeroMQ drop the sending peer (defence in depth; the
-#: protocol answers payloads above ``protocol.MAX_CONTROL_BYTES`` with an error).
-CONTROL_MAX_MESSAGE_SIZE = 1024 * 1024
 #: Depth messages queued per subscriber before newer ones are dropped.
-DEPTH_SEND_HWM = 4
+DEPTH_SEND_HWM: int = 4
+#: Messages a depth subscriber may have queued towards the server (subscriptions) before
+#: ZeroMQ stops reading from it.
+DEPTH_RECV_HWM: int = 16
+#: Largest message a depth subscriber may send: a subscription is one byte, CURVE's
+#: handshake commands a few hundred. Above it ZeroMQ drops the peer.
+DEPTH_MAX_PEER_MESSAGE: int = 1024
+#: Bytes a depth subscriber may have sent in all (handshake included) when it sends
+#: anything but the subscribe-all; more and its connection is cut (a client sends well
+#: under 1 KiB: greeting, handshake and one subscription).
+DEPTH_MAX_PEER_BYTES: int = 4096
+#: Where the kernel does not tell how much a peer sent: messages other than the
+#: subscribe-all tolerated from one address before its connections are cut.
+DEPTH_MAX_HOSTILE_MESSAGES: int = 64
+#: Longest server name, in bytes of UTF-8: one DNS label (63) less Zeroconf's " (2)".
+MAX_NAME_BYTES: int = 60
+#: A device silent for longer than this (or three frame periods, if longer) has stopped.
+STALL_SECONDS: float = 2.0
+#: Health levels of :py:meth:`Server.device_health`.
+HEALTH_OK, HEALTH_WARN, HEALTH_ERROR = 'OK', 'WARN', 'ERROR'
+#: The bind address meaning every interface.
+ANY_ADDRESS: str = '0.0.0.0'
 
-ServerInfo = collections.namedtuple('ServerInfo', ['name', 'endpoint'])
-ServerInfo.__doc__ = """Kinect2 stream server information.
 
-A subclass of :py:class:`tuple` with named accessors, holding *name*, *endpoint*:
-*name* is the server's human-readable name; *endpoint* is the control endpoint to pass
-to :py:class:`streamkinect2.client.Client`.
-"""
+class DeviceStats(TypedDict):
+    """A device's counters, as :py:meth:`Server.device_stats` returns them."""
+
+    frames_in: int
+    frames_out: int
+    frames_dropped: int
+    frames_failed: int
+    subscribers_cut: int
+    seconds_since_frame: float
 
 
-def default_address():
+def default_address() -> str:
     """Return the IPv4 address of the interface holding the default route.
 
     Falls back to 127.0.0.1 when there is none. No packet is sent: connecting a UDP
@@ -46,12 +78,13 @@ def default_address():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         try:
             probe.connect(('192.0.2.1', 9))  # TEST-NET-1: never contacted
-            return probe.getsockname()[0]
+            address: str = probe.getsockname()[0]
+            return address
         except OSError:
             return '127.0.0.1'
 
 
-def _check_ipv4(address):
+def _check_ipv4(address: object) -> str:
     try:
         return str(ipaddress.IPv4Address(address))
     except ValueError:
@@ -59,20 +92,21 @@ def _check_ipv4(address):
             address)) from None
 
 
-def _zeroconf_for(address):
+def _zeroconf_for(address: Optional[str]) -> Zeroconf:
     """Return a new Zeroconf bound to *address* (None or 0.0.0.0: every interface).
 
     It is created on a short-lived thread with no asyncio loop, so that zeroconf runs
     its own loop thread rather than borrowing the IOLoop's: its blocking calls then
     never wait on the thread that makes them.
     """
-    if address in (None, '0.0.0.0'):
+    interfaces: Union[InterfaceChoice, List[str]]
+    if address is None or address == ANY_ADDRESS:
         interfaces = InterfaceChoice.All
     else:
         interfaces = [address]
-    made = []
+    made: List[Union[Zeroconf, Exception]] = []
 
-    def make():
+    def make() -> None:
         try:
             made.append(Zeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only))
         except Exception as err:
@@ -84,7 +118,7 @@ def _zeroconf_for(address):
     return made[0]
 
 
-def _run_off_loop(func, timeout=10.0):
+def _run_off_loop(func: Callable[[], None], timeout: float = 10.0) -> None:
     """Run *func* on a short-lived thread and wait for it.
 
     zeroconf refuses blocking calls from a thread running an asyncio loop, which the
@@ -97,14 +131,301 @@ def _run_off_loop(func, timeout=10.0):
         log.warning('Zeroconf shutdown did not finish within %.0f s', timeout)
 
 
-class _Device(object):
-    __slots__ = ('kinect', 'socket', 'endpoint', 'compressor')
+class _DepthSocket(object):
+    """A device's depth socket: an XPUB serving the subscribe-all, cutting off floods.
 
-    def __init__(self, kinect):
+    The protocol knows one subscription, the empty prefix (everything). libzmq keeps
+    every prefix a peer subscribes to, without limit, in a trie that costs some fifty
+    times the bytes sent, and offers no way to drop one peer. So this socket watches what
+    peers send: anything but subscribing to (or unsubscribing from) everything makes it
+    look at the TCP connections to its port and shut down those whose peer has sent more
+    than :py:data:`DEPTH_MAX_PEER_BYTES` in all (a client sends well under 1 KiB).
+    Connections are learnt from the socket's monitor; the check and the shutdown act on
+    a duplicate of the connection's descriptor, verified by its addresses, so a
+    descriptor number reused meanwhile is never touched. One oversized message is
+    refused by ZeroMQ itself (``ZMQ_MAXMSGSIZE``), which drops the peer.
+
+    ``peers_cut``: connections cut off; ``hostile_messages``: messages received other
+    than subscriptions to everything and unsubscriptions.
+    """
+
+    def __init__(self, sock: zmq.Socket[Any], io_loop: IOLoop, name: str) -> None:
+        """Serve *sock*, a new XPUB socket, on *io_loop*; *name* names it in the log."""
+        self.socket = sock
+        self.port: Optional[int] = None
+        self.peers_cut = 0
+        self.hostile_messages = 0
+        self._name = name
+        self._io_loop = io_loop
+        # libzmq's descriptor -> (peer address, peer port)
+        self._peers: Dict[int, Tuple[str, int]] = {}
+        self._suspects: Set[Optional[str]] = set()  # peer addresses (None: unknown)
+        self._hostile_since_cut = 0
+        self._monitor: Optional[zmq.Socket[Any]] = None
+        self._monitor_stream: Optional[ZMQStream] = None
+        self._stream: Optional[ZMQStream] = None
+        self._drain_scheduled = False
+        self._next_warning = 0.0
+        sock.sndhwm = DEPTH_SEND_HWM
+        sock.rcvhwm = DEPTH_RECV_HWM
+        sock.maxmsgsize = DEPTH_MAX_PEER_MESSAGE
+
+    def bind(self, address: str) -> int:
+        """Bind to a random port of *address*; return the port."""
+        self._monitor = self.socket.get_monitor_socket(
+            zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        self._monitor_stream = ZMQStream(self._monitor, self._io_loop)
+        self._monitor_stream.on_recv(self._on_monitor)
+        self.port = port = self.socket.bind_to_random_port('tcp://' + address)
+        self._stream = ZMQStream(self.socket, self._io_loop)
+        self._stream.on_recv(self._on_recv, copy=False)
+        return port
+
+    def send(self, parts: MessageParts) -> None:
+        """Send one frame message to every subscriber (a full subscriber loses it)."""
+        try:
+            self.socket.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+        # Sending makes libzmq read what peers sent: look at it before it piles up.
+        self._drain()
+
+    def close(self) -> None:
+        """Close the socket and its monitor."""
+        if self._monitor is not None:
+            try:
+                self.socket.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            if self._monitor_stream is not None:
+                self._monitor_stream.close(linger=0)
+            else:  # bind() failed to serve it
+                self._monitor.close(linger=0)
+            self._monitor = self._monitor_stream = None
+        if self._stream is not None:
+            self._stream.close(linger=0)
+            self._stream = None
+        else:
+            self.socket.close(linger=0)
+        self._peers.clear()
+
+    # Subscriptions and anything else peers send.
+
+    def _on_recv(self, frames: List[zmq.Frame]) -> None:
+        self._inspect(frames)
+        self._drain()
+
+    def _drain(self, limit: int = 256) -> None:
+        if self._stream is None:
+            return
+        for _ in range(limit):
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.ZMQError:  # zmq.Again: nothing more
+                break
+            self._inspect(frames)
+        else:
+            if not self._drain_scheduled:  # more waiting: let the loop breathe first
+                self._drain_scheduled = True
+                self._io_loop.add_callback(self._scheduled_drain)
+        if self._suspects:
+            self._cut_flooders()
+
+    def _scheduled_drain(self) -> None:
+        self._drain_scheduled = False
+        self._drain()
+
+    def _inspect(self, frames: Sequence[zmq.Frame]) -> None:
+        if len(frames) == 1 and (frames[0].bytes == b'\x01' or frames[0].bytes[:1] == b'\x00'):
+            # Subscribing to everything is the protocol; unsubscribing only frees memory
+            # (libzmq also reports the prefixes a departed peer leaves behind).
+            return
+        self.hostile_messages += 1
+        self._hostile_since_cut += 1
+        self._suspects.add(_peer_address(frames[0]))
+
+    def _cut_flooders(self) -> None:
+        suspects, self._suspects = self._suspects, set()
+        self._read_monitor()
+        for fd, peer in list(self._peers.items()):
+            if None not in suspects and peer[0] not in suspects:
+                continue
+            conn = _duplicate_tcp(fd)
+            if conn is None:
+                self._peers.pop(fd, None)
+                continue
+            with conn:
+                try:
+                    if conn.getsockname()[1] != self.port or conn.getpeername() != peer:
+                        self._peers.pop(fd, None)  # the number was reused: not ours
+                        continue
+                    received = _bytes_received(conn)
+                    if received is None:  # no TCP_INFO here: judge by the messages
+                        if self._hostile_since_cut <= DEPTH_MAX_HOSTILE_MESSAGES:
+                            continue
+                    elif received <= DEPTH_MAX_PEER_BYTES:
+                        continue
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    self._peers.pop(fd, None)
+                    continue
+            self._peers.pop(fd, None)
+            self.peers_cut += 1
+            self._hostile_since_cut = 0
+            now = time.monotonic()
+            if now >= self._next_warning:  # a flood reconnects: one line per 10 s
+                self._next_warning = now + 10.0
+                log.warning('Depth endpoint of %s: cut off subscriber %s:%d, which sent %s '
+                            'bytes of subscriptions (a client sends under 1 KiB in all); '
+                            '%d cut off so far', self._name, peer[0], peer[1],
+                            'too many' if received is None else received, self.peers_cut)
+
+    # Connections, from the socket monitor.
+
+    def _on_monitor(self, message: List[bytes]) -> None:
+        self._monitor_event(message)
+
+    def _read_monitor(self) -> None:
+        while self._monitor is not None:
+            try:
+                message = self._monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError:
+                return
+            self._monitor_event(message)
+
+    def _monitor_event(self, message: List[bytes]) -> None:
+        try:
+            event = parse_monitor_message(message)
+            fd = int(event['value'])
+        except Exception:  # not an event we know how to read
+            return
+        if event['event'] != zmq.EVENT_ACCEPTED:
+            self._peers.pop(fd, None)
+            return
+        conn = _duplicate_tcp(fd)
+        if conn is None:
+            return
+        with conn:
+            try:
+                if conn.getsockname()[1] == self.port:
+                    self._peers[fd] = conn.getpeername()[:2]
+            except OSError:
+                pass
+
+
+def _peer_address(frame: zmq.Frame) -> Optional[str]:
+    """Return the address of the peer that sent *frame*, or None if it cannot be told."""
+    try:
+        address = frame.get('Peer-Address')
+    except (zmq.ZMQError, UnicodeError):
+        return None
+    return address if isinstance(address, str) else None
+
+
+def _duplicate_tcp(fd: int) -> Optional[socket.socket]:
+    """Return a socket on a duplicate of *fd* if it is an IPv4 TCP socket, else None."""
+    try:
+        dup = os.dup(fd)
+    except OSError:
+        return None
+    try:
+        conn = socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)
+        return None
+    if conn.family != socket.AF_INET or conn.type != socket.SOCK_STREAM:
+        conn.close()
+        return None
+    return conn
+
+
+# Offset of tcpi_bytes_received in Linux's struct tcp_info (since Linux 4.1).
+_TCPI_BYTES_RECEIVED = 128
+
+
+def _bytes_received(conn: socket.socket) -> Optional[int]:
+    """Return the bytes *conn*'s peer has sent it in all, or None where unknown."""
+    option = getattr(socket, 'TCP_INFO', None)
+    if option is None or not sys.platform.startswith('linux'):
+        return None
+    try:
+        info = conn.getsockopt(socket.IPPROTO_TCP, option, 256)
+    except OSError:
+        return None
+    if len(info) < _TCPI_BYTES_RECEIVED + 8:
+        return None
+    received: int = struct.unpack_from('=Q', info, _TCPI_BYTES_RECEIVED)[0]
+    return received
+
+
+def _check_name(name: object) -> str:
+    """Return *name* if it can be a server name, else raise ValueError saying why.
+
+    The rules are those a browser applies to instance names
+    (:py:func:`~streamkinect2.discovery.instance_name`), with room left for the " (2)"
+    Zeroconf appends on a name clash.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError('name must be a non-empty string, got {0!r}'.format(name))
+    bad = [char for char in name if unicodedata.category(char) in ('Cc', 'Cf', 'Cs')]
+    if bad:
+        raise ValueError('name must not hold control or format characters, got {0!r} '
+                         'in {1!r}'.format(bad[0], name))
+    if len(name.encode('utf-8')) > MAX_NAME_BYTES:
+        raise ValueError('name must be at most {0} bytes of UTF-8, got {1}'.format(
+            MAX_NAME_BYTES, len(name.encode('utf-8'))))
+    return name
+
+
+def _check_port(port: object) -> int:
+    """Return *port* as an int (0 for None: any free port), else raise ValueError."""
+    if port is None:
+        return 0
+    if isinstance(port, bool) or not isinstance(port, numbers.Integral) \
+            or not 0 <= int(port) <= 65535:
+        raise ValueError('control_port must be an integer from 0 (any free port) to 65535, '
+                         'got {0!r}'.format(port))
+    return int(port)
+
+
+def _interface_addresses() -> List[str]:
+    """Return this host's IPv4 addresses: the default route's first, loopback last."""
+    try:
+        found = {a for a in get_all_addresses() if not ipaddress.IPv4Address(a).is_unspecified}
+    except Exception:  # no interface list here: the default route's is all we know
+        found = set()
+    preferred = default_address()
+    found.add(preferred)
+    return sorted(found, key=lambda a: (ipaddress.IPv4Address(a).is_loopback,
+                                        a != preferred, ipaddress.IPv4Address(a)))
+
+
+def _local_address_toward(peer: str) -> Optional[str]:
+    """Return the local address a packet to *peer* leaves from, or None.
+
+    No packet is sent: connecting a UDP socket only asks the kernel for a route.
+    """
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((str(ipaddress.IPv4Address(peer)), 9))
+            local: str = probe.getsockname()[0]
+    except (OSError, ValueError):
+        return None
+    return None if ipaddress.IPv4Address(local).is_unspecified else local
+
+
+class _Device(object):
+    __slots__ = ('kinect', 'depth', 'port', 'compressor', 'health', 'counts')
+
+    def __init__(self, kinect: Any) -> None:
         self.kinect = kinect
-        self.socket = None
-        self.endpoint = None
-        self.compressor = None
+        self.depth: Optional[_DepthSocket] = None
+        self.port: Optional[int] = None
+        self.compressor: Optional[DepthFrameCompressor] = None
+        # (level, kind, message): kind tells a change of state from a new message
+        self.health: Tuple[str, str, str] = (HEALTH_OK, 'starting', 'not started')
+        # frames_in, frames_dropped, frames_failed, peers cut, at the last health check
+        self.counts: Tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 class Server(object):
@@ -114,69 +435,94 @@ class Server(object):
 
     *address* is the bind address (a decimal-dotted IPv4 address). If None, the address
     of the interface with the default route is used. Zeroconf announcements go out on
-    that interface only. *control_port* fixes the control port (default: a random free
-    port).
+    that interface only. ``0.0.0.0`` binds every interface: the server then announces
+    the addresses of all of them (not loopback, unless there is nothing else), and tells
+    each client, in the ``me`` reply, the address it reaches the server on.
+    *control_port* fixes the control port (0 or None: a random free port; otherwise 1 to
+    65535, or ValueError).
 
-    *name* is a human-readable string describing the server; if None a unique default
-    is used. *zmq_ctx* is the zmq context to create sockets in (default
+    *name* is a human-readable string describing the server (at most 60 bytes of UTF-8,
+    no control or format characters, or ValueError); if None a unique default is used.
+    *zmq_ctx* is the zmq context to create sockets in (default
     ``zmq.Context.instance()``). *io_loop* is the tornado IOLoop the sockets are served
     on (default ``IOLoop.current()``); call the server's methods on that loop's thread.
     If *announce* is True the server is announced over Zeroconf when it starts.
     *curve*, a :py:class:`~streamkinect2.security.CurveServerConfig`, turns on CURVE
     encryption and client authentication for every socket (default: off).
 
+    Arguments are checked here; a :py:meth:`start` that fails (a port taken, a device
+    that will not open, Zeroconf) raises and leaves nothing behind: no socket, thread or
+    context, ``is_running`` False.
+
     ``address``: the address bound to. ``endpoints``: dict of zeromq endpoints keyed by
     :py:class:`~streamkinect2.common.EndpointType` (per-device depth endpoints are in
-    the ``me`` reply). ``is_running``: True while running.
+    the ``me`` reply), with a reachable address. ``is_running``: True while running.
+
+    Health: every ``health_period`` seconds (default 1; set it before :py:meth:`start`)
+    the server looks at each device and logs a warning or an error when a stream stops
+    or degrades (a device not running or silent, frames failing to compress or dropped,
+    flooding subscribers cut off) and an info line when it streams again;
+    :py:meth:`device_health` tells the current state.
     """
 
-    def __init__(self, address=None, start_immediately=False, name=None, zmq_ctx=None,
-                 io_loop=None, announce=True, control_port=None, codec=None, curve=None):
-        """Create a server; it starts serving on :py:meth:`start`."""
-        self.address = _check_ipv4(address) if address is not None else default_address()
-        self.name = name if name is not None else 'Kinect2 {0} {1}'.format(
-            socket.gethostname(), uuid.uuid4().hex[:6])
-        if not isinstance(self.name, str) or not self.name or len(self.name.encode()) > 60:
-            raise ValueError('name must be a non-empty string of at most 60 bytes')
+    #: Seconds between two looks at the devices' health.
+    health_period: float = 1.0
+
+    def __init__(self, address: Optional[str] = None, start_immediately: bool = False,
+                 name: Optional[str] = None, zmq_ctx: Optional[zmq.Context[Any]] = None,
+                 io_loop: Optional[IOLoop] = None, announce: bool = True,
+                 control_port: Optional[int] = None, codec: Optional[int] = None,
+                 curve: Optional[CurveServerConfig] = None) -> None:
+        """Create a server (arguments checked); it starts serving on :py:meth:`start`."""
+        self.address: str = (_check_ipv4(address) if address is not None
+                             else default_address())
+        self.name: str = _check_name(name if name is not None else 'Kinect2 {0} {1}'.format(
+            socket.gethostname()[:40], uuid.uuid4().hex[:6]))
         self.announce = bool(announce)
-        self.control_port = control_port
-        self.codec = codec
-        self.endpoints = {}
+        self.control_port: Optional[int] = _check_port(control_port) or None
+        if codec is not None and codec not in CODEC_NAMES:
+            raise ValueError('codec must be one of {0}, got {1!r}'.format(
+                sorted(CODEC_NAMES), codec))
+        self.codec: Optional[int] = codec
+        self.endpoints: Dict[EndpointType, str] = {}
         self.is_running = False
         self._curve = curve
         # ZeroMQ allows one authenticator per context: a secure server gets its own.
         self._own_ctx = zmq_ctx is None and curve is not None
-        self._ctx = zmq_ctx if zmq_ctx is not None else (
+        # None while a server with a context of its own is stopped.
+        self._ctx: Optional[zmq.Context[Any]] = zmq_ctx if zmq_ctx is not None else (
             None if self._own_ctx else zmq.Context.instance())
-        self._authenticator = None
+        self._authenticator: Optional[_Authenticator] = None
         self._io_loop = io_loop if io_loop is not None else IOLoop.current()
-        self._devices = collections.OrderedDict()
-        self._control_socket = None
-        self._control_stream = None
-        self._zeroconf = None
-        self._zc_info = None
-        self._zc_thread = None
+        self._devices: Dict[str, _Device] = collections.OrderedDict()
+        self._control_socket: Optional[zmq.Socket[Any]] = None
+        self._control_stream: Optional[ZMQStream] = None
+        self._public_address: Optional[str] = None
+        self._zeroconf: Optional[Zeroconf] = None
+        self._zc_info: Optional[ServiceInfo] = None
+        self._zc_thread: Optional[threading.Thread] = None
+        self._health_timer: Optional[object] = None
         if start_immediately:
             self.start()
 
     # --- devices ---------------------------------------------------------------------
 
     @property
-    def kinects(self):
+    def kinects(self) -> List[Any]:
         """List of kinect devices managed by this server. See :py:meth:`add_kinect`."""
         return [d.kinect for d in self._devices.values()]
 
-    def add_kinect(self, kinect):
+    def add_kinect(self, kinect: Any) -> None:
         """Add a Kinect device (an object with the interface of ``MockKinect``)."""
         kinect_id = kinect.unique_kinect_id
         if kinect_id in self._devices:
             raise ValueError('a kinect with id {0!r} is already added'.format(kinect_id))
         device = _Device(kinect)
-        self._devices[kinect_id] = device
         if self.is_running:
-            self._open_device(device)
+            self._open_device(device)  # raises, and leaves nothing, if it cannot open
+        self._devices[kinect_id] = device
 
-    def remove_kinect(self, kinect):
+    def remove_kinect(self, kinect: Any) -> None:
         """Remove a Kinect device previously added via :py:meth:`add_kinect`."""
         device = self._devices.pop(kinect.unique_kinect_id, None)
         if device is None or device.kinect is not kinect:
@@ -184,67 +530,168 @@ class Server(object):
                 kinect.unique_kinect_id))
         self._close_device(device)
 
-    def device_endpoint(self, kinect_id):
+    def device_endpoint(self, kinect_id: str) -> Optional[str]:
         """Return the depth endpoint of the device *kinect_id* (None while stopped)."""
-        return self._devices[kinect_id].endpoint
+        return self._depth_endpoint(self._devices[kinect_id], self._public_address)
 
-    def device_stats(self, kinect_id):
-        """Return ``dict(frames_in, frames_out, frames_dropped)`` for a device."""
-        compressor = self._devices[kinect_id].compressor
+    def device_stats(self, kinect_id: str) -> DeviceStats:
+        """Return a device's counters.
+
+        ``frames_in`` (from the device), ``frames_out`` (compressed and sent),
+        ``frames_dropped`` (the compressor was busy), ``frames_failed`` (could not be
+        compressed), ``subscribers_cut`` (flooding peers cut off),
+        ``seconds_since_frame``.
+        """
+        device = self._devices[kinect_id]
+        compressor = device.compressor
+        cut = device.depth.peers_cut if device.depth else 0
         if compressor is None:
-            return {'frames_in': 0, 'frames_out': 0, 'frames_dropped': 0}
+            return {'frames_in': 0, 'frames_out': 0, 'frames_dropped': 0, 'frames_failed': 0,
+                    'subscribers_cut': cut, 'seconds_since_frame': 0.0}
         return {'frames_in': compressor.frames_in, 'frames_out': compressor.frames_out,
-                'frames_dropped': compressor.frames_dropped}
+                'frames_dropped': compressor.frames_dropped,
+                'frames_failed': compressor.frames_failed, 'subscribers_cut': cut,
+                'seconds_since_frame': round(compressor.seconds_since_frame(), 3)}
 
-    def _socket(self, socket_type):
+    def device_health(self, kinect_id: str) -> Tuple[str, str]:
+        """Return ``(level, message)`` for a device, as of the last health check.
+
+        *level* is ``'OK'``, ``'WARN'`` or ``'ERROR'``; *message* says what is wrong, or
+        ``'streaming'``.
+        """
+        level, _kind, message = self._devices[kinect_id].health
+        return level, message
+
+    def _socket(self, socket_type: int) -> zmq.Socket[Any]:
+        if self._ctx is None:  # not reached: a context of its own is made in _start
+            raise RuntimeError('server {0!r} has no ZeroMQ context: not started'.format(
+                self.name))
         return new_socket(self._ctx, socket_type, self._curve)
 
-    def _open_device(self, device):
-        sock = self._socket(zmq.PUB)
-        sock.sndhwm = DEPTH_SEND_HWM
-        port = sock.bind_to_random_port('tcp://' + self.address)
-        device.socket = sock
-        device.endpoint = 'tcp://{0}:{1}'.format(self.address, port)
-        device.compressor = DepthFrameCompressor(device.kinect, io_loop=self._io_loop,
-                                                 codec=self.codec)
-        device.compressor.on_compressed_frame.connect(self._send_frame,
-                                                      sender=device.compressor)
-        log.info('Device %s streams depth on %s', device.kinect.unique_kinect_id,
-                 device.endpoint)
+    def _open_device(self, device: _Device) -> None:
+        kinect_id = device.kinect.unique_kinect_id
+        sock = self._socket(zmq.XPUB)
+        depth = None
+        try:
+            depth = _DepthSocket(sock, self._io_loop, kinect_id)
+            port = depth.bind(self.address)
+            compressor = DepthFrameCompressor(device.kinect, io_loop=self._io_loop,
+                                              codec=self.codec)
+        except BaseException:
+            if depth is not None:
+                depth.close()
+            else:
+                sock.close(linger=0)
+            raise
+        device.depth, device.port, device.compressor = depth, port, compressor
+        device.health = (HEALTH_OK, 'starting', 'waiting for the first frame')
+        device.counts = (0, 0, 0, 0)
+        compressor.on_compressed_frame.connect(self._send_frame, sender=compressor)
+        log.info('Device %s streams depth on %s', kinect_id,
+                 self._depth_endpoint(device, self._public_address))
 
-    def _close_device(self, device):
+    def _close_device(self, device: _Device) -> None:
         if device.compressor is not None:
             device.compressor.on_compressed_frame.disconnect(self._send_frame,
                                                              sender=device.compressor)
             device.compressor.close()
             device.compressor = None
-        if device.socket is not None:
-            device.socket.close(linger=0)
-            device.socket = None
-        device.endpoint = None
+        if device.depth is not None:
+            device.depth.close()
+            device.depth = None
+        device.port = None
 
-    def _send_frame(self, compressor, compressed_frame=None):
+    def _send_frame(self, compressor: DepthFrameCompressor,
+                    compressed_frame: Optional[FrameMessage] = None) -> None:
         device = self._devices.get(compressor.kinect.unique_kinect_id)
-        if device is None or device.socket is None:
+        if device is None or device.depth is None or compressed_frame is None:
             return
-        try:
-            device.socket.send_multipart(compressed_frame.parts, copy=False,
-                                         flags=zmq.NOBLOCK)
-        except zmq.Again:  # all subscribers' queues are full: drop, newest wins later
-            pass
+        device.depth.send(compressed_frame.parts)
+
+    def _depth_endpoint(self, device: _Device, address: Optional[str]) -> Optional[str]:
+        if device.port is None:
+            return None
+        return 'tcp://{0}:{1}'.format(address, device.port)
+
+    # --- health ----------------------------------------------------------------------
+
+    def _check_health(self) -> None:
+        self._health_timer = self._io_loop.call_later(self.health_period, self._check_health)
+        for kinect_id, device in self._devices.items():
+            try:
+                self._update_health(kinect_id, device)
+            except Exception:  # a device's odd attributes must not stop the checks
+                log.exception('Health check of device %s failed', kinect_id)
+
+    def _update_health(self, kinect_id: str, device: _Device) -> None:
+        compressor = device.compressor
+        if compressor is None:
+            return
+        counts = (compressor.frames_in, compressor.frames_dropped, compressor.frames_failed,
+                  device.depth.peers_cut if device.depth else 0)
+        frames, dropped, failed, cut = [now - before for now, before in zip(
+            counts, device.counts)]
+        device.counts = counts
+        fps = getattr(device.kinect, 'fps', None)
+        stall = STALL_SECONDS
+        if isinstance(fps, (int, float)) and fps > 0:
+            stall = max(stall, 3.0 / fps)
+        idle = compressor.seconds_since_frame()
+        health: Tuple[str, str, str]
+        if not getattr(device.kinect, 'is_running', True):
+            health = (HEALTH_ERROR, 'stopped', 'device not running: no frames')
+        elif not compressor.is_alive:
+            health = (HEALTH_ERROR, 'compressor', 'compressor stopped: no frames sent')
+        elif idle > stall:
+            health = (HEALTH_ERROR, 'silent', 'no depth frame for {0:.1f} s'.format(idle))
+        elif failed:
+            health = (HEALTH_ERROR if failed >= frames else HEALTH_WARN, 'failing',
+                      '{0} of {1} frames failed to compress: {2}'.format(
+                          failed, frames, compressor.last_error))
+        elif dropped:
+            health = (HEALTH_WARN, 'dropping', 'dropped {0} of {1} frames: compressor '
+                      'overloaded'.format(dropped, frames))
+        elif cut:
+            health = (HEALTH_WARN, 'flood', 'cut off {0} flooding subscriber(s)'.format(cut))
+        elif device.health[1] == 'starting' and not compressor.frames_in:
+            health = device.health
+        else:
+            health = (HEALTH_OK, 'streaming', 'streaming')
+        previous, device.health = device.health, health
+        if health[:2] == previous[:2]:
+            return
+        if health[0] == HEALTH_ERROR:
+            log.error('Device %s: %s', kinect_id, health[2])
+        elif health[0] == HEALTH_WARN:
+            log.warning('Device %s: %s', kinect_id, health[2])
+        elif previous[0] != HEALTH_OK:
+            log.info('Device %s: streaming again', kinect_id)
 
     # --- lifetime --------------------------------------------------------------------
 
-    def start(self):
-        """Start the server. If it is already running, only log a warning."""
+    def start(self) -> None:
+        """Start the server. If it is already running, only log a warning.
+
+        If it cannot start it raises, and leaves nothing open behind.
+        """
         if self.is_running:
             log.warning('Server %r already running', self.name)
             return
+        try:
+            self._start()
+        except BaseException:
+            self._release()
+            raise
+        self.is_running = True
+
+    def _start(self) -> None:
         if self._curve is not None:
             if self._own_ctx:
                 self._ctx = zmq.Context()
+            if self._ctx is None:  # not reached: made just above
+                raise RuntimeError('server {0!r} has no ZeroMQ context'.format(self.name))
             self._authenticator = _Authenticator(self._ctx, self._curve)
-        sock = self._socket(zmq.REP)
+        self._control_socket = sock = self._socket(zmq.REP)
         sock.maxmsgsize = CONTROL_MAX_MESSAGE_SIZE
         base = 'tcp://' + self.address
         if self.control_port:
@@ -252,98 +699,126 @@ class Server(object):
             port = self.control_port
         else:
             port = sock.bind_to_random_port(base)
-        self._control_socket = sock
+        self._public_address = self.address
+        if self.address == ANY_ADDRESS:
+            self._public_address = _interface_addresses()[0]
         self._control_stream = ZMQStream(sock, self._io_loop)
-        self._control_stream.on_recv(self._handle_control)
-        self.endpoints = {EndpointType.control: '{0}:{1}'.format(base, port)}
-        self.is_running = True
+        self._control_stream.on_recv(self._handle_control, copy=False)
+        self.endpoints = {EndpointType.control: 'tcp://{0}:{1}'.format(
+            self._public_address, port)}
         for device in self._devices.values():
             self._open_device(device)
-        log.info('Server %r control endpoint %s', self.name,
-                 self.endpoints[EndpointType.control])
+        log.info('Server %r control endpoint %s%s', self.name,
+                 self.endpoints[EndpointType.control],
+                 ' (bound to every interface)' if self.address == ANY_ADDRESS else '')
         if self.announce:
             self._start_announcing(port)
+        self._health_timer = self._io_loop.call_later(self.health_period, self._check_health)
 
-    def stop(self):
+    def stop(self) -> None:
         """Stop the server. If it is not running, only log a warning."""
         if not self.is_running:
             log.warning('Server %r not running', self.name)
             return
+        self._release()
+        log.info('Server %r stopped', self.name)
+
+    def _release(self) -> None:
+        """Close whatever is open (all of it, or what a failed start opened)."""
+        if self._health_timer is not None:
+            self._io_loop.remove_timeout(self._health_timer)
+            self._health_timer = None
         self._stop_announcing()
         for device in self._devices.values():
             self._close_device(device)
-        self._control_stream.close(linger=0)
-        self._control_stream = None
-        self._control_socket = None
+        if self._control_stream is not None:
+            self._control_stream.close(linger=0)
+        elif self._control_socket is not None:
+            self._control_socket.close(linger=0)
+        self._control_stream = self._control_socket = None
         if self._authenticator is not None:
             self._authenticator.stop()
             self._authenticator = None
-        if self._own_ctx:
-            self._ctx.term()
+        if self._own_ctx and self._ctx is not None:
+            self._ctx.destroy(linger=0)
             self._ctx = None
         self.endpoints = {}
+        self._public_address = None
         self.is_running = False
-        log.info('Server %r stopped', self.name)
 
-    def __enter__(self):
+    def __enter__(self) -> 'Server':
         """Start the server (if not running) and return it."""
         if not self.is_running:
             self.start()
         return self
 
-    def __exit__(self, exc_type, exc_value, traceback):
+    def __exit__(self, exc_type: Optional[Type[BaseException]],
+                 exc_value: Optional[BaseException],
+                 traceback: Optional[TracebackType]) -> None:
         """Stop the server."""
         if self.is_running:
             self.stop()
 
     # --- zeroconf --------------------------------------------------------------------
 
-    def _start_announcing(self, port):
-        self._zc_info = ServiceInfo(
+    def _announced_addresses(self) -> List[str]:
+        if self.address != ANY_ADDRESS:
+            return [self.address]
+        addresses = _interface_addresses()
+        public = [a for a in addresses if not ipaddress.IPv4Address(a).is_loopback]
+        return public or addresses
+
+    def _start_announcing(self, port: int) -> None:
+        self._zc_info = info = ServiceInfo(
             ZC_SERVICE_TYPE, '{0}.{1}'.format(self.name, ZC_SERVICE_TYPE),
-            addresses=[socket.inet_aton(self.address)], port=port,
-            properties={'version': str(PROTOCOL_VERSION)},
+            addresses=[socket.inet_aton(a) for a in self._announced_addresses()],
+            port=port, properties={'version': str(PROTOCOL_VERSION)},
             server='{0}.local.'.format(socket.gethostname().split('.')[0]))
-        self._zeroconf = _zeroconf_for(self.address)
+        self._zeroconf = zeroconf = _zeroconf_for(self.address)
         # Registration probes the network for about a second: keep it off the IOLoop.
-        self._zc_thread = threading.Thread(target=self._register, daemon=True,
-                                           name='Server-zeroconf-register')
+        self._zc_thread = threading.Thread(target=self._register, args=(zeroconf, info),
+                                           daemon=True, name='Server-zeroconf-register')
         self._zc_thread.start()
 
-    def _register(self):
+    def _register(self, zeroconf: Zeroconf, info: ServiceInfo) -> None:
         try:
-            self._zeroconf.register_service(self._zc_info, allow_name_change=True)
-            log.info('Server %r announced over Zeroconf as %r', self.name,
-                     self._zc_info.name)
+            zeroconf.register_service(info, allow_name_change=True)
+            log.info('Server %r announced over Zeroconf as %r', self.name, info.name)
         except Exception as err:  # the server still serves; it is just not announced
             log.error('Could not announce server %r over Zeroconf: %s', self.name, err)
 
-    def _stop_announcing(self):
-        if self._zeroconf is None:
+    def _stop_announcing(self) -> None:
+        zeroconf, info, registering = self._zeroconf, self._zc_info, self._zc_thread
+        if zeroconf is None:
             return
-        _run_off_loop(self._unregister)
+        _run_off_loop(lambda: self._unregister(zeroconf, info, registering))
         self._zeroconf = None
         self._zc_thread = None
 
-    def _unregister(self):
-        self._zc_thread.join(5.0)
-        try:
-            self._zeroconf.unregister_service(self._zc_info)
-        except Exception as err:
-            log.warning('Could not unregister server %r from Zeroconf: %s', self.name, err)
-        self._zeroconf.close()
+    def _unregister(self, zeroconf: Zeroconf, info: Optional[ServiceInfo],
+                    registering: Optional[threading.Thread]) -> None:
+        if registering is not None and info is not None:
+            registering.join(5.0)
+            try:
+                zeroconf.unregister_service(info)
+            except Exception as err:
+                log.warning('Could not unregister server %r from Zeroconf: %s', self.name,
+                            err)
+        zeroconf.close()
 
     @property
-    def announced_name(self):
+    def announced_name(self) -> Optional[str]:
         """Return the Zeroconf instance name registered (None when not announced)."""
-        return self._zc_info.name if self._zeroconf is not None else None
+        info = self._zc_info
+        return info.name if self._zeroconf is not None and info is not None else None
 
     # --- control protocol ------------------------------------------------------------
 
-    def _handle_control(self, frames):
+    def _handle_control(self, frames: List[zmq.Frame]) -> None:
+        peer = _peer_address(frames[0]) if frames else None
         try:
             msg_type, payload = decode_control(frames)
-            reply = self._reply_to(msg_type, payload)
+            reply = self._reply_to(msg_type, payload, peer)
         except ProtocolError as err:
             log.warning('Bad control message: %s', err)
             reply = encode_control(MessageType.error, {'reason': str(err)})
@@ -351,120 +826,43 @@ class Server(object):
             log.exception('Error handling control message')
             reply = encode_control(MessageType.error, {'reason': 'internal error: {0}'.format(
                 type(err).__name__)})
-        self._control_stream.send_multipart(reply)
+        stream = self._control_stream
+        if stream is not None:  # else stopped meanwhile: nobody to reply to
+            stream.send_multipart(reply)
 
-    def _reply_to(self, msg_type, payload):
+    def _reply_to(self, msg_type: MessageType, payload: Any,
+                  peer: Optional[str] = None) -> List[bytes]:
         if msg_type is MessageType.ping:
             return encode_control(MessageType.pong)
         if msg_type is MessageType.who:
-            return encode_control(MessageType.me, self.me_payload())
+            return encode_control(MessageType.me, self.me_payload(peer))
         raise ProtocolError('unexpected message type "{0}" from a client'.format(
             msg_type.name))
 
-    def me_payload(self):
-        """Return the payload of this server's ``me`` reply."""
-        devices = []
+    def me_payload(self, peer_address: Optional[str] = None) -> Dict[str, Any]:
+        """Return the payload of this server's ``me`` reply.
+
+        Its endpoints carry the address a client at *peer_address* (an IPv4 address, or
+        None) reaches this server on: the bound one, or for a server bound to every
+        interface (``0.0.0.0``), the one on the route to the peer.
+        """
+        address = self._public_address
+        if self.address == ANY_ADDRESS and peer_address:
+            address = _local_address_toward(peer_address) or address
+        devices: List[Dict[str, Any]] = []
         for kinect_id, device in self._devices.items():
-            record = {'id': kinect_id, 'endpoints': {'depth': device.endpoint}}
+            record: Dict[str, Any] = {
+                'id': kinect_id, 'endpoints': {'depth': self._depth_endpoint(device, address)}}
             camera = getattr(device.kinect, 'depth_camera', None)
             if camera:
                 record['depth_camera'] = dict(camera)
             devices.append(record)
+        control = self.endpoints.get(EndpointType.control)
+        if control is not None:
+            control = 'tcp://{0}:{1}'.format(address, control.rsplit(':', 1)[1])
         return {
             'version': PROTOCOL_VERSION,
             'name': self.name,
-            'endpoints': {'control': self.endpoints[EndpointType.control]},
+            'endpoints': {'control': control},
             'devices': devices,
         }
-
-
-class ServerBrowser(object):
-    """An object which listens for kinect2 streaming servers on the network.
-
-    It keeps listening until :py:meth:`close` is called (or the ``with`` block ends).
-
-    *io_loop* is the :py:class:`tornado.ioloop.IOLoop` the signals are emitted on
-    (default ``IOLoop.current()``): discovery runs on zeroconf's own threads and hands
-    each event to the loop. *address* is the IPv4 address of the interface to listen on,
-    or None for every interface.
-
-    ``on_add_server`` and ``on_remove_server`` are emitted with a keyword argument
-    ``server_info``, a :py:class:`ServerInfo`.
-    """
-
-    #: Emitted (keyword argument ``server_info``) when a server appears.
-    on_add_server = Signal()
-    #: Emitted (keyword argument ``server_info``) when a server goes away.
-    on_remove_server = Signal()
-
-    def __init__(self, io_loop=None, address=None, resolve_timeout=3.0):
-        """Start browsing for ``_kinect2._tcp.local.`` services."""
-        self._io_loop = io_loop if io_loop is not None else IOLoop.current()
-        self._resolve_timeout_ms = int(resolve_timeout * 1000)
-        self._servers = {}
-        self._lock = threading.Lock()
-        self._zeroconf = _zeroconf_for(_check_ipv4(address) if address else None)
-        self._browser = ServiceBrowser(self._zeroconf, ZC_SERVICE_TYPE,
-                                       handlers=[self._on_service_state_change])
-
-    @property
-    def servers(self):
-        """List of :py:class:`ServerInfo` for the servers currently known."""
-        with self._lock:
-            return list(self._servers.values())
-
-    def _on_service_state_change(self, zeroconf, service_type, name, state_change):
-        # Runs on zeroconf's browser thread.
-        if service_type != ZC_SERVICE_TYPE:
-            return
-        if state_change is ServiceStateChange.Removed:
-            with self._lock:
-                info = self._servers.pop(name, None)
-            if info is not None:
-                self._emit(self.on_remove_server, info)
-            return
-        zc_info = zeroconf.get_service_info(service_type, name,
-                                            timeout=self._resolve_timeout_ms)
-        if zc_info is None or not zc_info.port:
-            log.warning('Could not resolve server %r', name)
-            return
-        addresses = zc_info.parsed_addresses(IPVersion.V4Only)
-        if not addresses:
-            log.warning('Server %r announced no IPv4 address', name)
-            return
-        info = ServerInfo(name=name[:-(len(ZC_SERVICE_TYPE) + 1)],
-                          endpoint='tcp://{0}:{1}'.format(addresses[0], zc_info.port))
-        with self._lock:
-            old = self._servers.get(name)
-            self._servers[name] = info
-        if old == info:
-            return
-        if old is not None:
-            self._emit(self.on_remove_server, old)
-        log.info('Found server %r at %s', info.name, info.endpoint)
-        self._emit(self.on_add_server, info)
-
-    def _emit(self, signal, info):
-        try:
-            self._io_loop.add_callback(signal.send, self, server_info=info)
-        except RuntimeError:  # loop closed
-            pass
-
-    def close(self):
-        """Stop listening and release the zeroconf sockets and threads."""
-        if self._browser is None:
-            return
-        browser, self._browser = self._browser, None
-
-        def shut_down():
-            browser.cancel()
-            self._zeroconf.close()
-        _run_off_loop(shut_down)
-
-    def __enter__(self):
-        """Return the browser."""
-        return self
-
-    def __exit__(self, exc_type, exc_value, traceback):
-        """Close the browser."""
-        self.close()

@@ -1,5 +1,6 @@
 """The mock device: frames, timing, threading and the reference's signal idioms."""
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -100,3 +101,37 @@ def test_bad_arguments():
     with pytest.raises(ValueError):
         DepthFrame(np.zeros((4, 4), np.float32))
     assert DepthFrame(bytes(24), shape=(4, 3)).array.shape == (3, 4)
+
+
+def test_a_tiny_frame_rate_keeps_the_thread_alive_and_stops_promptly(caplog):
+    # Before: waiting 1e300 s overflowed, the thread died, and no frame came again.
+    kinect = MockKinect(fps=1e-300)
+    frames, _ = _collect(kinect, 1)
+    with kinect:
+        thread = kinect._thread
+        assert not thread.join(0.3) and kinect.is_running
+        started = time.monotonic()
+    assert time.monotonic() - started < 2 and not thread.is_alive()
+    assert not [r for r in caplog.records if r.levelname in ('ERROR', 'CRITICAL')]
+
+
+@pytest.mark.parametrize('fps', [float('inf'), float('nan'), -1, 0])
+def test_a_frame_rate_that_is_not_a_positive_number_is_refused(fps):
+    with pytest.raises(ValueError, match='fps'):
+        MockKinect(fps=fps)
+
+
+def test_the_device_thread_survives_anything_its_frame_source_does(caplog):
+    calls = []
+
+    def source(sequence):
+        calls.append(sequence)
+        if len(calls) % 3 == 1:
+            raise RuntimeError('source bug')
+        if len(calls) % 3 == 2:
+            return 'not a frame'
+        return MockKinect.render_frame(sequence)
+    frames, _ = _collect(MockKinect(fps=200, frame_source=source), 5)
+    assert len(calls) >= 15
+    errors = [r for r in caplog.records if r.levelname == 'ERROR']
+    assert 1 <= len(errors) <= 2, 'logged once per 10 s, not per frame'
