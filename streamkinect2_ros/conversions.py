@@ -1,61 +1,99 @@
 """Depth frames to ``sensor_msgs`` messages, and the names they are published under.
 
 Pure functions, no node: the client node calls them on every frame, the tests call them
-directly.
+directly. Nothing a server sends makes them publish a wrong message: intrinsics that are
+not a usable camera give way to the defaults (:py:func:`intrinsics_problems` says why), a
+stamp that does not fit ``builtin_interfaces/Time`` raises ValueError.
 """
 import array
+import hashlib
+import math
+import numbers
 import re
 import sys
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy.typing as npt
+from streamkinect2.device import INTRINSIC_KEYS, KINECT2_DEFAULT_DEPTH_CAMERA
 
 __all__ = [
-    'DEFAULT_DEPTH_INTRINSICS', 'camera_info_fields', 'fill_camera_info', 'fill_image',
-    'frame_id_for', 'is_bigendian', 'sanitise_name', 'stamp_from_ns',
+    'DEFAULT_DEPTH_INTRINSICS', 'INTRINSIC_KEYS', 'MAX_NAME_LENGTH', 'MAX_STAMP_NS',
+    'camera_info_fields', 'fill_camera_info', 'fill_image', 'frame_id_for',
+    'intrinsics_problems', 'is_bigendian', 'sanitise_name', 'stamp_from_ns',
 ]
 
-#: Kinect v2 depth (IR) camera intrinsics used when a device does not report its own:
-#: the factory calibration of one Kinect v2 as published with the OpenKinect/libfreenect2
-#: Processing examples (``IrCameraParams``: fx, fy, cx, cy and the Brown-Conrady
-#: coefficients k1, k2, k3, p1, p2). Every unit differs a little; a real device's
-#: ``depth_camera`` record replaces them.
-DEFAULT_DEPTH_INTRINSICS = {
-    'fx': 365.456, 'fy': 365.456, 'cx': 254.878, 'cy': 205.395,
-    'k1': 0.0905474, 'k2': -0.26819, 'k3': 0.0950862, 'p1': 0.0, 'p2': 0.0,
-}
+#: The intrinsics used when a device reports none or a record that is not a usable
+#: camera: :py:data:`streamkinect2.device.KINECT2_DEFAULT_DEPTH_CAMERA` (the same dict).
+DEFAULT_DEPTH_INTRINSICS = KINECT2_DEFAULT_DEPTH_CAMERA
+
+#: Longest token :py:func:`sanitise_name` returns. rmw refuses a fully qualified topic
+#: name over 247 characters (``RMW_TOPIC_MAX_NAME_LENGTH``, 255 - 8): 64 leaves 164 for
+#: the node namespace in ``<ns>/<token>/depth/camera_info``.
+MAX_NAME_LENGTH = 64
+_HASH_LENGTH = 10  # hex digits of SHA-256 (40 bits) that keep shortened names apart
 
 _NOT_NAME = re.compile(r'[^A-Za-z0-9_]+')
 
 
-def sanitise_name(device_id):
+def sanitise_name(device_id: object) -> str:
     """Return *device_id* as a valid ROS name token (namespace, TF frame part).
 
     Anything but ``[A-Za-z0-9_]`` becomes ``_``, runs of ``_`` collapse, leading and
     trailing ``_`` go; a token starting with a digit (or empty) gets a ``kinect2_``
     prefix, e.g. ``'mock-3f2a'`` -> ``'mock_3f2a'``, ``'012345'`` -> ``'kinect2_012345'``.
+
+    A token longer than :py:data:`MAX_NAME_LENGTH` (64) is shortened, the same way every
+    time: its first 53 characters, ``_`` and 10 hex digits of the SHA-256 of the full
+    *device_id*, so two long ids sharing a prefix still get two names. The result always
+    matches ``[A-Za-z](_?[A-Za-z0-9])*`` and fits ``<ns>/<token>/depth/camera_info``
+    under rmw's 247-character limit for any namespace of up to 164 characters.
     """
     token = re.sub('_+', '_', _NOT_NAME.sub('_', str(device_id))).strip('_')
     if not token or token[0].isdigit():
         token = 'kinect2_' + token if token else 'kinect2'
+    if len(token) > MAX_NAME_LENGTH:
+        digest = hashlib.sha256(str(device_id).encode('utf-8', 'surrogatepass')).hexdigest()
+        token = '{0}_{1}'.format(token[:MAX_NAME_LENGTH - _HASH_LENGTH - 1].rstrip('_'),
+                                 digest[:_HASH_LENGTH])
     return token
 
 
-def frame_id_for(template, device_name):
+def frame_id_for(template: str, device_name: str) -> str:
     """Return the frame id for *device_name* from *template* (``{device}`` substituted)."""
     return template.replace('{device}', device_name)
 
 
-def stamp_from_ns(stamp, time_ns):
-    """Set the ``builtin_interfaces/Time`` *stamp* to *time_ns* (ns since the epoch)."""
-    stamp.sec, stamp.nanosec = divmod(int(time_ns), 1000000000)
+#: Latest time a ``builtin_interfaces/Time`` holds (int32 ``sec``, uint32 ``nanosec``):
+#: 2038-01-19T03:14:07.999999999Z, in ns since the epoch.
+MAX_STAMP_NS = (2 ** 31 - 1) * 1000000000 + 999999999
+
+
+def stamp_from_ns(stamp: Any, time_ns: int) -> Any:
+    """Set the ``builtin_interfaces/Time`` *stamp* to *time_ns* (ns since the epoch).
+
+    Raises ValueError if *time_ns* is before the epoch or after
+    :py:data:`MAX_STAMP_NS`: unchecked, rclpy would publish such a ``sec`` wrapped to
+    32 bits (or raise AssertionError with ``ROS_PYTHON_CHECK_FIELDS=1``).
+    """
+    value: Optional[int]
+    try:
+        value = int(time_ns)
+    except OverflowError:  # float('inf')
+        value = None
+    if value is None or not 0 <= value <= MAX_STAMP_NS:
+        raise ValueError('timestamp {0} ns is outside builtin_interfaces/Time (0 to {1} ns '
+                         'since the epoch)'.format(time_ns, MAX_STAMP_NS))
+    stamp.sec, stamp.nanosec = divmod(value, 1000000000)
     return stamp
 
 
-def is_bigendian(pixels):
+def is_bigendian(pixels: npt.NDArray[Any]) -> bool:
     """Return True if the numpy array *pixels* holds big-endian values."""
     order = pixels.dtype.byteorder
     return order == '>' or (order == '=' and sys.byteorder == 'big')
 
 
-def fill_image(msg, pixels, frame_id, stamp_ns):
+def fill_image(msg: Any, pixels: npt.NDArray[Any], frame_id: str, stamp_ns: int) -> Any:
     """Fill the ``sensor_msgs/Image`` *msg* from a (height, width) uint16 array.
 
     Encoding ``16UC1``: depth in millimetres, 0 where there is no reading (REP 118).
@@ -73,29 +111,140 @@ def fill_image(msg, pixels, frame_id, stamp_ns):
     msg.is_bigendian = is_bigendian(pixels)
     msg.step = pixels.strides[0]
     data = array.array('B')
-    data.frombytes(memoryview(pixels).cast('B'))
+    data.frombytes(pixels.data.cast('B'))
     msg.data = data
     return msg
 
 
-def camera_info_fields(width, height, intrinsics=None):
+#: Focal lengths accepted, in pixels, as a multiple of the image side along the same
+#: axis: from 1/100 (a field of view of almost 180 degrees) to 100 (about 0.6 degrees).
+_FOCAL_PER_SIDE = (0.01, 100.0)
+#: Largest magnitude accepted for a distortion coefficient (real lenses: well under 10).
+_MAX_DISTORTION = 100.0
+_CORE_KEYS = ('fx', 'fy', 'cx', 'cy')
+_DISTORTION_KEYS = tuple(key for key in INTRINSIC_KEYS if key not in _CORE_KEYS)
+
+
+def _finite(value: object) -> Optional[float]:
+    """Return *value* as a finite float, or None if it is not a finite real number."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        value = float(value)
+    except (OverflowError, ValueError, TypeError):  # a 400-digit int, an odd Real
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + '...'
+
+
+def _camera(record: object, width: int,
+            height: int) -> Tuple[Optional[Dict[str, float]], List[str]]:
+    """Return ``(values, problems)``: the usable intrinsics of *record* for the image."""
+    if not isinstance(record, dict):
+        return None, ['record: a depth_camera record must be a JSON object, got {0}'.format(
+            _describe(record))]
+    problems = []
+    scale = {}
+    for size_key, size in (('width', width), ('height', height)):
+        given = record.get(size_key, size)
+        given_float = _finite(given)
+        if given_float is None or given_float != int(given_float) or given_float < 1:
+            problems.append('{0}: {1} is not a positive whole number of pixels'.format(
+                size_key, _describe(given)))
+        else:
+            scale[size_key] = size / given_float
+    values = {}
+    for key in _CORE_KEYS:
+        value = _finite(record.get(key))
+        if key not in record:
+            problems.append('{0}: missing'.format(key))
+        elif value is None:
+            problems.append('{0}: {1} is not a finite number'.format(key, _describe(record[key])))
+        else:
+            values[key] = value
+    for key in _DISTORTION_KEYS:
+        value = _finite(record.get(key, DEFAULT_DEPTH_INTRINSICS[key]))
+        if value is None or abs(value) > _MAX_DISTORTION:
+            problems.append('{0}: {1} is not a distortion coefficient (finite, at most {2} '
+                            'in magnitude)'.format(key, _describe(record[key]),
+                                                   _MAX_DISTORTION))
+        else:
+            values[key] = value
+    if problems:
+        return None, problems
+    # A record for another image size (a scaled image) is scaled to this one.
+    values['fx'] *= scale['width']
+    values['cx'] *= scale['width']
+    values['fy'] *= scale['height']
+    values['cy'] *= scale['height']
+    low, high = _FOCAL_PER_SIDE
+    for key, size in (('fx', width), ('fy', height)):
+        if not low * size <= values[key] <= high * size:
+            problems.append('{0}: {1} px is not a focal length for a {2}x{3} image ({4:g} '
+                            'to {5:g} px)'.format(key, _describe(values[key]), width,
+                                                  height, low * size, high * size))
+    for key, size in (('cx', width), ('cy', height)):
+        if not 0.0 <= values[key] <= size:
+            problems.append('{0}: {1} px is not a principal point inside a {2}x{3} '
+                            'image'.format(key, _describe(values[key]), width, height))
+    return (None if problems else values), problems
+
+
+def _image_size(width: int, height: int) -> Tuple[int, int]:
+    width, height = int(width), int(height)
+    if width < 1 or height < 1:
+        raise ValueError('image size {0}x{1} is empty'.format(width, height))
+    return width, height
+
+
+def intrinsics_problems(intrinsics: object, width: int, height: int) -> List[str]:
+    """Return why *intrinsics* are not used for a *width* x *height* image: a list of str.
+
+    Empty when :py:func:`camera_info_fields` uses the record (None, asking for the
+    defaults, is no problem). Otherwise one line per fault, each starting with the key
+    at fault (``'fx: inf is not a finite number'``); the caller can log them once.
+
+    A record is a usable camera when fx, fy, cx and cy are finite numbers (not bools,
+    not strings), the distortion coefficients present are finite and at most 100 in
+    magnitude, ``width``/``height`` (if present) are positive whole numbers, and, after
+    scaling to the image size, fx and fy lie between 1/100 and 100 times the image side
+    along their axis and the principal point (cx, cy) lies inside the image.
+    """
+    width, height = _image_size(width, height)
+    if intrinsics is None:
+        return []
+    return _camera(intrinsics, width, height)[1]
+
+
+def camera_info_fields(width: int, height: int,
+                       intrinsics: object = None) -> Dict[str, Any]:
     """Return the ``CameraInfo`` fields (a dict) for a *width* x *height* depth image.
 
-    *intrinsics* is a device's ``depth_camera`` record (keys fx, fy, cx, cy and
-    optionally k1, k2, k3, p1, p2), or None for :py:data:`DEFAULT_DEPTH_INTRINSICS`.
-    Missing or non-numeric keys fall back to the defaults. Distortion: plumb_bob,
-    ``D = [k1, k2, p1, p2, k3]``.
+    *intrinsics* is a device's ``depth_camera`` record (keys fx, fy, cx, cy, optionally
+    k1, k2, k3, p1, p2 and the ``width`` and ``height`` it was calibrated for), or None
+    for :py:data:`DEFAULT_DEPTH_INTRINSICS`. Never raises for any *intrinsics*: a record
+    that is not a usable camera is replaced as a whole by the defaults (mixing one
+    camera's focal length with another's principal point would describe neither);
+    :py:func:`intrinsics_problems` says why. Distortion coefficients a usable record
+    leaves out are the defaults' (a Kinect v2 lens). A record (or the defaults) for
+    another image size is scaled to *width* x *height*. Distortion: plumb_bob,
+    ``D = [k1, k2, p1, p2, k3]``. Every value is a finite float.
     """
-    values = dict(DEFAULT_DEPTH_INTRINSICS)
-    if isinstance(intrinsics, dict):
-        for key in values:
-            value = intrinsics.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                values[key] = float(value)
+    width, height = _image_size(width, height)
+    values = None
+    if intrinsics is not None:
+        values = _camera(intrinsics, width, height)[0]
+    if values is None:
+        values, problems = _camera(DEFAULT_DEPTH_INTRINSICS, width, height)
+        assert values is not None, problems  # the defaults fit any size, scaled
     fx, fy, cx, cy = values['fx'], values['fy'], values['cx'], values['cy']
     return {
-        'width': int(width),
-        'height': int(height),
+        'width': width,
+        'height': height,
         'distortion_model': 'plumb_bob',
         'd': [values['k1'], values['k2'], values['p1'], values['p2'], values['k3']],
         'k': [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0],
@@ -104,7 +253,7 @@ def camera_info_fields(width, height, intrinsics=None):
     }
 
 
-def fill_camera_info(msg, fields, frame_id, stamp_ns):
+def fill_camera_info(msg: Any, fields: Dict[str, Any], frame_id: str, stamp_ns: int) -> Any:
     """Fill the ``sensor_msgs/CameraInfo`` *msg* from :py:func:`camera_info_fields`."""
     stamp_from_ns(msg.header.stamp, stamp_ns)
     msg.header.frame_id = frame_id

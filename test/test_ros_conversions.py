@@ -1,11 +1,26 @@
 """Unit tests of the message conversions and the device backend registry."""
+import math
+import re
+
+from hypothesis import given, HealthCheck, settings, strategies as st
 import numpy as np
 import pytest
 
 from streamkinect2 import MockKinect
+from streamkinect2.device import INTRINSIC_KEYS, KINECT2_DEFAULT_DEPTH_CAMERA
+from streamkinect2.protocol import decode_control
 from streamkinect2_ros import backends, conversions
 
 sensor_msgs = pytest.importorskip('sensor_msgs.msg')
+builtin_interfaces = pytest.importorskip('builtin_interfaces.msg')
+rclpy = pytest.importorskip('rclpy')
+serialization = pytest.importorskip('rclpy.serialization')
+validate_full_topic_name = pytest.importorskip(
+    'rclpy.validate_full_topic_name').validate_full_topic_name
+validate_namespace = pytest.importorskip('rclpy.validate_namespace').validate_namespace
+
+#: What a token must look like: a letter, then letters, digits and single underscores.
+_TOKEN = re.compile('[A-Za-z](?:_?[A-Za-z0-9])*')
 
 
 @pytest.mark.parametrize('device_id,name', [
@@ -13,6 +28,61 @@ sensor_msgs = pytest.importorskip('sensor_msgs.msg')
     ('_x_', 'x'), ('', 'kinect2'), ('ok_name', 'ok_name')])
 def test_sanitise_name(device_id, name):
     assert conversions.sanitise_name(device_id) == name
+
+
+def _device_topic(namespace, device_id):
+    return '{0}/{1}/depth/camera_info'.format(namespace, conversions.sanitise_name(device_id))
+
+
+def test_sanitise_name_shortens_long_ids_uniquely():
+    # rmw refuses a topic name over 247 characters (RMW_TOPIC_MAX_NAME_LENGTH): a
+    # 300-character serial number must still give a topic, with room for a namespace.
+    long_a, long_b = 'A' * 299 + 'a', 'A' * 299 + 'b'
+    token_a, token_b = conversions.sanitise_name(long_a), conversions.sanitise_name(long_b)
+    assert len(token_a) <= conversions.MAX_NAME_LENGTH and _TOKEN.fullmatch(token_a)
+    assert token_a != token_b
+    assert token_a == conversions.sanitise_name(long_a)  # deterministic
+    assert token_a.startswith('A' * 20)  # still recognisably the device
+    # Ids that sanitise to the same long token stay apart too.
+    assert conversions.sanitise_name('x-' * 100) != conversions.sanitise_name('x.' * 100)
+    # Short ids are unchanged; one exactly at the limit too.
+    at_limit = 'k' * conversions.MAX_NAME_LENGTH
+    assert conversions.sanitise_name(at_limit) == at_limit
+    # A lone surrogate (JSON '\\ud800' decodes to one) does not break the hash.
+    assert _TOKEN.fullmatch(conversions.sanitise_name('\ud800' * 100 + 'x' * 100))
+
+
+def test_long_device_id_gets_a_real_publisher():
+    from rclpy.exceptions import InvalidTopicNameException
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        node = rclpy.create_node('long_id_probe', namespace='/n' + 'n' * 99, context=context)
+        try:
+            device_id = 'serial-' + '0123456789' * 30
+            with pytest.raises(InvalidTopicNameException):  # the limit is real
+                node.create_publisher(sensor_msgs.CameraInfo,
+                                      device_id.replace('-', '_') + '/depth/camera_info', 1)
+            name = conversions.sanitise_name(device_id)
+            pub = node.create_publisher(sensor_msgs.CameraInfo, name + '/depth/camera_info', 1)
+            assert pub.topic_name == '/n{0}/{1}/depth/camera_info'.format('n' * 99, name)
+            node.destroy_publisher(pub)
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.text(), st.text(alphabet='a-_.0', min_size=200, max_size=400),
+                 st.integers(), st.binary()))
+def test_sanitise_name_is_always_a_valid_token(device_id):
+    name = conversions.sanitise_name(device_id)
+    assert _TOKEN.fullmatch(name) and len(name) <= conversions.MAX_NAME_LENGTH
+    # Valid in <ns>/<token>/depth/image_raw with a 150-character namespace to spare.
+    validate_full_topic_name(_device_topic('/' + 'n' * 150, device_id))
+    validate_namespace('/' + name)
+    assert name == conversions.sanitise_name(device_id)
 
 
 def test_frame_id_substitution():
@@ -35,15 +105,149 @@ def test_fill_image_is_byte_exact_16uc1():
         conversions.fill_image(sensor_msgs.Image(), pixels.astype(np.float32), 'f', 0)
 
 
+def _round_trip(msg):
+    """Return *msg* as a subscriber gets it: serialized as for the wire, and back."""
+    return serialization.deserialize_message(serialization.serialize_message(msg), type(msg))
+
+
+def test_stamp_from_ns_fills_the_whole_time_range():
+    last = (2 ** 31 - 1) * 10 ** 9 + 999999999  # 2038-01-19T03:14:07.999999999Z
+    for time_ns in (0, 1700000000123456789, last):
+        stamp = conversions.stamp_from_ns(builtin_interfaces.Time(check_fields=True), time_ns)
+        back = _round_trip(stamp)
+        assert back.sec * 10 ** 9 + back.nanosec == time_ns
+
+
+@pytest.mark.parametrize('time_ns', [2 ** 31 * 10 ** 9, 2 ** 32 * 10 ** 9 + 5, 2 ** 63 - 1,
+                                     -1, -2 ** 63, float('inf'), float('-inf')])
+def test_stamp_outside_builtin_time_is_refused(time_ns):
+    # Unchecked (ROS_PYTHON_CHECK_FIELDS unset), rclpy would take sec = 2**31 and publish
+    # it wrapped to -2**31 (1901); checked, it raises AssertionError. Neither is wanted.
+    with pytest.raises(ValueError, match='builtin_interfaces/Time'):
+        conversions.stamp_from_ns(builtin_interfaces.Time(), time_ns)
+    pixels = MockKinect.render_frame(1)
+    with pytest.raises(ValueError, match='builtin_interfaces/Time'):
+        conversions.fill_image(sensor_msgs.Image(), pixels, 'f', time_ns)
+    fields = conversions.camera_info_fields(512, 424)
+    with pytest.raises(ValueError, match='builtin_interfaces/Time'):
+        conversions.fill_camera_info(sensor_msgs.CameraInfo(), fields, 'f', time_ns)
+
+
+def _k(record):
+    return [record['fx'], 0, record['cx'], 0, record['fy'], record['cy'], 0, 0, 1]
+
+
+def _assert_sane(fields, width=512, height=424):
+    values = fields['k'] + fields['p'] + fields['d'] + fields['r']
+    assert all(type(v) is float and math.isfinite(v) for v in values)
+    fx, cx, fy, cy = fields['k'][0], fields['k'][2], fields['k'][4], fields['k'][5]
+    assert fx > 0 and fy > 0 and 0 <= cx <= width and 0 <= cy <= height
+    msg = sensor_msgs.CameraInfo(check_fields=True)
+    conversions.fill_camera_info(msg, fields, 'f', 5)
+    back = _round_trip(msg)
+    assert list(back.k) == fields['k'] and list(back.d) == fields['d']
+
+
 def test_camera_info_defaults_and_device_record():
     fields = conversions.camera_info_fields(512, 424)
     msg = conversions.fill_camera_info(sensor_msgs.CameraInfo(), fields, 'f', 5)
     d = conversions.DEFAULT_DEPTH_INTRINSICS
+    assert d is KINECT2_DEFAULT_DEPTH_CAMERA  # one table, in streamkinect2.device
     assert msg.distortion_model == 'plumb_bob'
-    assert list(msg.k) == pytest.approx([d['fx'], 0, d['cx'], 0, d['fy'], d['cy'], 0, 0, 1])
-    own = conversions.camera_info_fields(512, 424, {'fx': 360.0, 'cy': 200, 'k1': 'bad'})
-    assert own['k'][0] == 360.0 and own['k'][5] == 200.0 and own['d'][0] == d['k1']
-    assert own['p'][0] == 360.0
+    assert list(msg.k) == pytest.approx(_k(d))
+    assert conversions.intrinsics_problems(None, 512, 424) == []
+    own_record = {'width': 512, 'height': 424, 'fx': 366.1, 'fy': 366.2, 'cx': 258.3,
+                  'cy': 204.9, 'k1': 0.09, 'k2': -0.27, 'k3': 0.1, 'p1': 0.001, 'p2': -0.0007}
+    own = conversions.camera_info_fields(512, 424, own_record)
+    assert conversions.intrinsics_problems(own_record, 512, 424) == []
+    assert own['k'] == _k(own_record)
+    assert own['p'] == [366.1, 0, 258.3, 0, 0, 366.2, 204.9, 0, 0, 0, 1, 0]
+    assert own['d'] == [0.09, -0.27, 0.001, -0.0007, 0.1]
+    _assert_sane(own)
+    # Without distortion (and without width/height): the camera's own fx..cy, and the
+    # defaults' distortion for a Kinect v2 lens.
+    core = {'fx': 360, 'fy': 361, 'cx': 250, 'cy': 200}
+    assert conversions.intrinsics_problems(core, 512, 424) == []
+    fields = conversions.camera_info_fields(512, 424, core)
+    assert fields['k'] == _k(core) and fields['d'][0] == d['k1']
+
+
+def test_camera_info_scales_a_record_for_another_image_size():
+    record = dict(KINECT2_DEFAULT_DEPTH_CAMERA)
+    fields = conversions.camera_info_fields(256, 212, record)
+    assert fields['k'] == pytest.approx(_k({key: record[key] / 2 for key in record}))
+    assert conversions.camera_info_fields(256, 212)['k'] == fields['k']
+    _assert_sane(fields, 256, 212)
+
+
+def _junk_records():
+    d = KINECT2_DEFAULT_DEPTH_CAMERA
+    good = {key: d[key] for key in ('fx', 'fy', 'cx', 'cy')}
+    return [
+        (dict(good, fx=float('inf')), 'fx'), (dict(good, fx=float('nan')), 'fx'),
+        (dict(good, fy=10 ** 400), 'fy'), (dict(good, fx=0), 'fx'), (dict(good, fy=-365.0), 'fy'),
+        (dict(good, fx=1e-300), 'fx'), (dict(good, fx=1e300), 'fx'),
+        (dict(good, cx=1e300), 'cx'), (dict(good, cy=-5.0), 'cy'), (dict(good, cx=513), 'cx'),
+        (dict(good, fx='365.456'), 'fx'), (dict(good, fx=True), 'fx'),
+        (dict(good, cy={'nested': [1, 2]}), 'cy'), (dict(good, cx=[254.8]), 'cx'),
+        (dict(good, fx=None), 'fx'), ({'fx': 360.0, 'cy': 200}, 'fy'),
+        (dict(good, k1='bad'), 'k1'), (dict(good, k2=float('-inf')), 'k2'),
+        (dict(good, p1=1e200), 'p1'), (dict(good, k3=False), 'k3'),
+        (dict(good, width=0), 'width'), (dict(good, width='512'), 'width'),
+        (dict(good, height=1), 'cy'), (dict(good, width=10 ** 400), 'width'),
+        ([365.456, 365.456], 'record'), ('fx=365', 'record'), (17, 'record'), ({}, 'fx'),
+    ]
+
+
+@pytest.mark.parametrize('record,key', _junk_records())
+def test_camera_info_never_lies_about_a_hostile_record(record, key):
+    fields = conversions.camera_info_fields(512, 424, record)
+    assert fields == conversions.camera_info_fields(512, 424)  # the defaults, whole
+    problems = conversions.intrinsics_problems(record, 512, 424)
+    assert any(key in problem for problem in problems), problems
+    _assert_sane(fields)
+
+
+def test_camera_info_from_hostile_json_on_the_wire():
+    # What a server's ``me`` payload can hold and Python's json accepts: 1e400 is inf,
+    # a 401-digit integer overflows float(), NaN and -Infinity are literals.
+    for literal in ('1e400', '1' + '0' * 400, 'NaN', '-Infinity', '"365"', 'true', '[]'):
+        raw = '{{"id":"a","depth_camera":{{"fx":{0},"fy":365,"cx":254,"cy":205}}}}'.format(
+            literal)
+        _, record = decode_control([b'\x04', raw.encode()])
+        camera = record['depth_camera']
+        fields = conversions.camera_info_fields(512, 424, camera)
+        assert fields == conversions.camera_info_fields(512, 424), literal
+        assert 'fx' in conversions.intrinsics_problems(camera, 512, 424)[0]
+        _assert_sane(fields)
+
+
+_VALUES = st.one_of(
+    st.floats(), st.integers(), st.integers(min_value=10 ** 300, max_value=10 ** 400),
+    st.floats(min_value=-600, max_value=600), st.floats(min_value=1e-3, max_value=1e7),
+    st.booleans(), st.none(), st.text(max_size=5), st.lists(st.floats(), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2))
+
+
+_PLAUSIBLE = st.fixed_dictionaries(
+    {key: st.floats(min_value=-10, max_value=2000) for key in ('fx', 'fy', 'cx', 'cy')},
+    optional=dict({key: st.floats(-2, 2) for key in INTRINSIC_KEYS[4:]},
+                  width=st.integers(-1, 2000), height=st.integers(-1, 2000)))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.none(), _VALUES, _PLAUSIBLE, st.dictionaries(
+    st.sampled_from(('width', 'height') + INTRINSIC_KEYS), _VALUES)),
+    st.one_of(st.just(512), st.integers(1, 4096)), st.one_of(st.just(424), st.integers(1, 4096)))
+def test_camera_info_never_raises_and_is_always_finite(record, width, height):
+    fields = conversions.camera_info_fields(width, height, record)
+    problems = conversions.intrinsics_problems(record, width, height)
+    _assert_sane(fields, width, height)
+    assert (width, height) == (fields['width'], fields['height'])
+    if problems:
+        assert fields == conversions.camera_info_fields(width, height)
+    elif record is not None and 'width' not in record and 'height' not in record:
+        assert fields['k'] == [float(v) for v in _k(record)]
 
 
 def test_backend_registry():
