@@ -16,7 +16,6 @@ and latency are logged every ``log_period`` and published as ``diagnostic_msgs``
 The streamkinect2 client runs on a tornado IOLoop thread, which also publishes the
 Images; the rclpy executor keeps the main thread (parameters, timers).
 """
-import collections
 import sys
 import threading
 import time
@@ -25,12 +24,12 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
 from sensor_msgs.msg import CameraInfo, Image
-from streamkinect2 import Client, ServerBrowser
+from streamkinect2.client import STATS_WINDOW
+from streamkinect2.connection import ServerConnection
 from streamkinect2.security import CurveClientConfig
-from tornado.ioloop import PeriodicCallback
 
 from .conversions import (camera_info_fields, fill_camera_info, fill_image, frame_id_for,
-                          sanitise_name)
+                          intrinsics_problems, sanitise_name)
 from .params import declare_all, ParamSpec
 from .rosutil import LoopNode, run_node
 
@@ -40,9 +39,6 @@ NODE_NAME = 'streamkinect2_client'
 STAMP_SOURCES = ('capture', 'receive')
 RELIABILITIES = {'best_effort': ReliabilityPolicy.BEST_EFFORT,
                  'reliable': ReliabilityPolicy.RELIABLE}
-#: Seconds of per-frame samples kept for the rate and latency figures.
-WINDOW = 10.0
-
 PARAMETERS = (
     ParamSpec('server_endpoint', '', 'Control endpoint of the server (tcp://host:port); '
               'empty: discover the server over Zeroconf', True),
@@ -60,15 +56,16 @@ PARAMETERS = (
               'changed at runtime', False),
     ParamSpec('qos_reliability', 'best_effort', 'Publisher reliability: best_effort (as '
               'the sensor-data profile) or reliable', True),
-    ParamSpec('qos_depth', 5, 'Publisher history depth (keep last)', True),
+    ParamSpec('qos_depth', 5, 'Publisher history depth (keep last)', True, (1, 1000)),
     ParamSpec('diagnostics_period', 1.0, 'Seconds between diagnostic_msgs/DiagnosticArray '
-              'messages on /diagnostics; 0: none', True),
+              'messages on /diagnostics (each device OK, WARN or ERROR); 0: none', True,
+              (0.0, 3600.0)),
     ParamSpec('log_period', 5.0, 'Seconds between log lines with rate, drops and latency; '
-              '0: none', True),
+              '0: none', True, (0.0, 3600.0)),
     ParamSpec('reconnect_period', 1.0, 'Seconds between attempts to reach a server that '
-              'is not answering', True),
+              'is not answering', True, (0.01, 3600.0)),
     ParamSpec('response_timeout', 2.0, 'Seconds without a reply after which the server '
-              'is considered gone', True),
+              'is considered gone', True, (0.05, 3600.0)),
     ParamSpec('curve_secret_file', '', "CURVE security: this client's .key_secret file "
               '(made by streamkinect2-keygen); empty: security off', True),
     ParamSpec('curve_server_key', '', "CURVE security: the server's public key (40 Z85 "
@@ -88,24 +85,24 @@ class _Device(object):
         self.record = None
         self.streaming = False
         self.published = 0
-        self.dropped = 0
-        self.last_sequence = None
-        self.samples = collections.deque(maxlen=4096)  # (monotonic, latency s)
+        self.publish_failures = 0
+        self.failed_at = None      # monotonic time of the last publishing failure
+        self.last_error = None
+        self.failure_logged_at = None
 
 
 class ClientNode(LoopNode):
-    """The ``streamkinect2_client`` node. Call :py:meth:`close` before destroying it."""
+    """The ``streamkinect2_client`` node. Call :py:meth:`close` before destroying it.
+
+    Connection, reconnection and rediscovery are the library's
+    :py:class:`~streamkinect2.connection.ServerConnection`; the node maps its devices to
+    publishers, and reports the library's per-device stats.
+    """
 
     def __init__(self, **kwargs):
         """Declare the parameters, create the timers and start looking for the server."""
         super().__init__(NODE_NAME, **kwargs)
-        self._client = None
-        self._client_endpoint = None
-        self._browser = None
-        self._maintainer = None
-        self._failed = {}
-        self._identified = False
-        self._waiting_logged = False
+        self._connection = None
         self._lock = threading.Lock()
         self._devices = {}
         self.params = params = declare_all(self, PARAMETERS)
@@ -124,7 +121,6 @@ class ClientNode(LoopNode):
                               durability=DurabilityPolicy.VOLATILE)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._diag_pub = None
-        self._reports = {}
         if params['diagnostics_period'] > 0:
             self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
             self.create_timer(params['diagnostics_period'], self._publish_diagnostics)
@@ -184,211 +180,192 @@ class ClientNode(LoopNode):
 
     def _start_on_loop(self):
         params = self.params
+        connection = ServerConnection(
+            params['server_endpoint'] or None, server_name=params['server_name'] or None,
+            discovery_address=params['discovery_address'] or None,
+            io_loop=self.loop.io_loop, zmq_ctx=self.zmq_ctx, curve=self._curve,
+            response_timeout=params['response_timeout'],
+            retry_period=params['reconnect_period'])
+        for name in ServerConnection.SIGNALS:
+            getattr(ServerConnection, name).connect(getattr(self, '_' + name),
+                                                    sender=connection)
+        self._connection = connection
         if params['server_endpoint']:
             self.get_logger().info('Connecting to the server at {0}'.format(
                 params['server_endpoint']))
         else:
-            self._browser = ServerBrowser(io_loop=self.loop.io_loop,
-                                          address=params['discovery_address'] or None)
-            ServerBrowser.on_add_server.connect(self._on_add_server, sender=self._browser)
-            ServerBrowser.on_remove_server.connect(self._on_remove_server,
-                                                   sender=self._browser)
             self.get_logger().info('Looking for {0} over Zeroconf{1}'.format(
                 'server {0!r}'.format(params['server_name']) if params['server_name']
                 else 'the first server', ' on ' + params['discovery_address']
                 if params['discovery_address'] else ''))
-        self._maintainer = PeriodicCallback(self._maintain,
-                                            params['reconnect_period'] * 1000.0)
-        self._maintainer.start()
-        self._maintain()
+        connection.start()
 
-    def _candidates(self):
-        if self.params['server_endpoint']:
-            return [self.params['server_endpoint']]
-        name = self.params['server_name']
-        return [info.endpoint for info in self._browser.servers
-                if not name or info.name == name]
-
-    def _pick_endpoint(self):
-        candidates = self._candidates()
-        if not candidates:
-            return None
-        # The first candidate that has not just failed; else the one that failed longest ago.
-        now = time.monotonic()
-        fresh = [e for e in candidates
-                 if now - self._failed.get(e, -1e9) > self.params['response_timeout']]
-        if fresh:
-            return fresh[0]
-        return min(candidates, key=lambda e: self._failed.get(e, 0.0))
-
-    def _maintain(self):
-        """Keep a connection: (re)connect when there is none (IOLoop thread)."""
-        client = self._client
-        if client is not None and client.is_connected:
-            return
-        if client is not None and not self._identified:
-            self._failed[self._client_endpoint] = time.monotonic()
-        endpoint = self._pick_endpoint()
-        if endpoint is None:
-            if not self._waiting_logged:
-                self.get_logger().info('Waiting for the server to be announced')
-                self._waiting_logged = True
-            return
-        self._waiting_logged = False
-        if client is None or endpoint != self._client_endpoint:
-            self._drop_client()
-            client = Client(endpoint, zmq_ctx=self.zmq_ctx, io_loop=self.loop.io_loop,
-                            curve=self._curve)
-            client.heartbeat_period = max(50, int(self.params['response_timeout'] * 250))
-            client.response_timeout = int(self.params['response_timeout'] * 1000)
-            Client.on_connect.connect(self._on_connect, sender=client)
-            Client.on_disconnect.connect(self._on_disconnect, sender=client)
-            Client.on_add_kinect.connect(self._on_add_kinect, sender=client)
-            Client.on_remove_kinect.connect(self._on_remove_kinect, sender=client)
-            Client.on_depth_frame.connect(self._on_depth_frame, sender=client)
-            self._client, self._client_endpoint = client, endpoint
-        self._identified = False
-        client.connect()
-
-    def _drop_client(self):
-        client, self._client, self._client_endpoint = self._client, None, None
-        if client is None:
-            return
-        for signal, receiver in ((Client.on_connect, self._on_connect),
-                                 (Client.on_disconnect, self._on_disconnect),
-                                 (Client.on_add_kinect, self._on_add_kinect),
-                                 (Client.on_remove_kinect, self._on_remove_kinect),
-                                 (Client.on_depth_frame, self._on_depth_frame)):
-            signal.disconnect(receiver, sender=client)
-        if client.is_connected:
-            client.disconnect()
-        with self._lock:
-            for device in self._devices.values():
-                device.streaming = False
-
-    def _on_add_server(self, browser, server_info):
-        name = self.params['server_name']
-        if name and server_info.name != name:
-            return
-        self._failed.pop(server_info.endpoint, None)
-        if self._client is None or not self._client.is_connected or not self._identified:
-            self.loop.io_loop.add_callback(self._maintain)
-
-    def _on_remove_server(self, browser, server_info):
-        if server_info.endpoint == self._client_endpoint:
-            self.get_logger().info('Server {0!r} is no longer announced'.format(
-                server_info.name))
-
-    def _on_connect(self, client):
-        self._identified = True
-        self._failed.pop(self._client_endpoint, None)
+    def _on_connect(self, connection):
         self.get_logger().info('Connected to server {0!r} at {1}'.format(
-            client.server_name, self._client_endpoint))
+            connection.server_name, connection.endpoint))
 
-    def _on_disconnect(self, client):
+    def _on_disconnect(self, connection):
         self.get_logger().warning(
             'Server {0!r} at {1} went away; publishing nothing until it is back'.format(
-                client.server_name, self._client_endpoint))
+                connection.client.server_name, connection.endpoint))
         with self._lock:
             for device in self._devices.values():
                 device.streaming = False
 
-    def _on_add_kinect(self, client, kinect_id):
+    def _on_add_kinect(self, connection, kinect_id):
         if self._wanted and not self._wanted & {kinect_id, sanitise_name(kinect_id)}:
             self.get_logger().info('Not publishing device {0} (not in devices)'.format(
                 kinect_id))
             return
         device = self._devices.get(kinect_id)
         if device is None:
-            name = sanitise_name(kinect_id)
-            clash = [d.kinect_id for d in self._devices.values() if d.name == name]
-            if clash:
-                self.get_logger().error('Devices {0} and {1} map to the same name {2}; '
-                                        'not publishing {1}'.format(clash[0], kinect_id, name))
+            device = self._add_device(kinect_id)
+            if device is None:
                 return
-            image_pub = self.create_publisher(Image, name + '/depth/image_raw', self.qos)
-            info_pub = self.create_publisher(CameraInfo, name + '/depth/camera_info',
-                                             self.qos)
-            device = _Device(kinect_id, image_pub, info_pub)
-            with self._lock:
-                self._devices[kinect_id] = device
-            self.get_logger().info('Publishing device {0} on {1}'.format(
-                kinect_id, image_pub.topic_name))
-        device.record = client.devices.get(kinect_id)
+        device.record = connection.devices.get(kinect_id)
         device.camera_fields = None
-        device.last_sequence = None
-        device.streaming = True
-        client.enable_depth_frames(kinect_id)
-
-    def _on_remove_kinect(self, client, kinect_id):
-        device = self._devices.get(kinect_id)
-        if device is not None:
-            device.streaming = False
-            if client.is_connected:
-                self.get_logger().warning('Device {0} was removed from the server'.format(
-                    kinect_id))
-
-    def _on_depth_frame(self, client, depth_frame, kinect_id):
-        device = self._devices.get(kinect_id)
-        if device is None or not device.streaming or client is not self._client:
+        try:
+            connection.enable_depth_frames(kinect_id)
+        except ValueError as err:
+            self.get_logger().error('Not publishing device {0}: {1}'.format(kinect_id, err))
             return
-        received_ns = time.time_ns()
+        device.streaming = True
+
+    def _add_device(self, kinect_id):
+        """Create the publishers of a new device (None if it cannot be published)."""
+        name = sanitise_name(kinect_id)
+        clash = [d.kinect_id for d in self._devices.values() if d.name == name]
+        if clash:
+            self.get_logger().error('Devices {0} and {1} map to the same name {2}; '
+                                    'not publishing {1}'.format(clash[0], kinect_id, name))
+            return None
+        # Devices kept from earlier connections (not streaming) make room first: the
+        # node never holds more publishers than the connection takes devices.
+        idle = [d for d in self._devices.values() if not d.streaming]
+        while len(self._devices) >= self._connection.max_devices and idle:
+            self._remove_device(idle.pop(0).kinect_id)
+        if len(self._devices) >= self._connection.max_devices:
+            self.get_logger().error('Not publishing device {0}: already publishing {1} '
+                                    'devices'.format(kinect_id, len(self._devices)))
+            return None
+        image_pub = self.create_publisher(Image, name + '/depth/image_raw', self.qos)
+        info_pub = self.create_publisher(CameraInfo, name + '/depth/camera_info', self.qos)
+        device = _Device(kinect_id, image_pub, info_pub)
+        with self._lock:
+            self._devices[kinect_id] = device
+        self.get_logger().info('Publishing device {0} on {1}'.format(
+            kinect_id, image_pub.topic_name))
+        return device
+
+    def _remove_device(self, kinect_id):
+        """Forget a device and release its publishers."""
+        with self._lock:
+            device = self._devices.pop(kinect_id, None)
+        if device is not None:
+            self.destroy_publisher(device.image_pub)
+            self.destroy_publisher(device.info_pub)
+
+    def _on_remove_kinect(self, connection, kinect_id):
+        device = self._devices.get(kinect_id)
+        if device is None:
+            return
+        device.streaming = False
+        if connection.client is not None and connection.client.is_connected:
+            # The server removed it: release its publishers. (On a disconnect they
+            # stay, for the server's return; new devices make room if need be.)
+            self.get_logger().warning('Device {0} was removed from the server'.format(
+                kinect_id))
+            self._remove_device(kinect_id)
+
+    def _on_depth_frame(self, connection, depth_frame, kinect_id):
+        device = self._devices.get(kinect_id)
+        if device is None or not device.streaming:
+            return
+        try:
+            self._publish(device, depth_frame)
+        except Exception as err:
+            if not self.context.ok():  # shutting down: nothing to publish to
+                return
+            self._publish_failed(device, err)
+
+    def _publish(self, device, depth_frame):
         pixels = depth_frame.array
         frame_id = frame_id_for(self.frame_id, device.name)
-        stamp_ns = depth_frame.timestamp_ns if self.stamp_source == 'capture' else received_ns
+        stamp_ns = depth_frame.timestamp_ns if self.stamp_source == 'capture' \
+            else time.time_ns()
         if device.camera_fields is None or device.camera_fields['width'] != pixels.shape[1] \
                 or device.camera_fields['height'] != pixels.shape[0]:
             intrinsics = (device.record or {}).get('depth_camera')
             device.camera_fields = camera_info_fields(pixels.shape[1], pixels.shape[0],
                                                       intrinsics)
+            problems = intrinsics_problems(intrinsics, pixels.shape[1], pixels.shape[0])
+            if problems:  # once per record: the fields are kept until the size changes
+                self.get_logger().warning(
+                    "Device {0}: the server's depth_camera record is not usable ({1}); "
+                    'CameraInfo carries the default Kinect v2 intrinsics'.format(
+                        device.kinect_id, '; '.join(problems)))
         image = fill_image(Image(), pixels, frame_id, stamp_ns)
         info = fill_camera_info(CameraInfo(), device.camera_fields, frame_id, stamp_ns)
-        try:
-            device.image_pub.publish(image)
-            device.info_pub.publish(info)
-        except Exception:
-            if not self.context.ok():  # shutting down: nothing to publish to
-                return
-            raise
-        sequence = depth_frame.sequence
-        with self._lock:
-            if device.last_sequence is not None and sequence > device.last_sequence:
-                device.dropped += sequence - device.last_sequence - 1
-            device.last_sequence = sequence
-            device.published += 1
-            device.samples.append((time.monotonic(),
-                                   (received_ns - depth_frame.timestamp_ns) * 1e-9))
+        device.image_pub.publish(image)
+        device.info_pub.publish(info)
+        device.published += 1
+
+    def _publish_failed(self, device, err):
+        now = time.monotonic()
+        device.publish_failures += 1
+        device.failed_at = now
+        device.last_error = '{0}: {1}'.format(type(err).__name__, err)
+        if device.failure_logged_at is None or now - device.failure_logged_at > 5.0:
+            device.failure_logged_at = now
+            self.get_logger().error('Could not publish a frame of {0} ({1} failures so '
+                                    'far): {2}'.format(device.kinect_id,
+                                                       device.publish_failures,
+                                                       device.last_error))
 
     # --- figures (executor thread) ---------------------------------------------------
 
     def figures(self, period):
-        """Return ``{device id: dict}`` of rate, latency and counters over *period* s."""
+        """Return ``{device id: dict}`` of rate, latency, counters and health over *period* s.
+
+        Rate, latency and drops are the library's (the connection's per-device
+        :py:class:`~streamkinect2.client.FrameStats`); ``published`` is the node's.
+        """
+        connection = self._connection
+        stats_by_id = connection.stats if connection is not None else {}
         now = time.monotonic()
         result = {}
         with self._lock:
-            for kinect_id, device in self._devices.items():
-                latencies = sorted(lat for t, lat in device.samples if now - t <= period)
-                result[kinect_id] = {
-                    'name': device.name,
-                    'streaming': device.streaming,
-                    'rate': len(latencies) / period if period > 0 else 0.0,
-                    'latency_p50_ms': _percentile(latencies, 0.5) * 1e3,
-                    'latency_p99_ms': _percentile(latencies, 0.99) * 1e3,
-                    'published': device.published,
-                    'dropped': device.dropped,
-                }
+            devices = list(self._devices.values())
+        for device in devices:
+            stats = stats_by_id.get(device.kinect_id)
+            streaming = device.streaming and stats is not None
+            result[device.kinect_id] = {
+                'name': device.name,
+                'streaming': streaming,
+                'stalled': bool(stats is not None and stats.stalled),
+                'rate': stats.rate(period) if stats is not None else 0.0,
+                'latency_p50_ms': (stats.latency_percentile(0.5, period) * 1e3
+                                   if stats is not None else float('nan')),
+                'latency_p99_ms': (stats.latency_percentile(0.99, period) * 1e3
+                                   if stats is not None else float('nan')),
+                'received': stats.received if stats is not None else 0,
+                'invalid': stats.invalid if stats is not None else 0,
+                'published': device.published,
+                'dropped': stats.dropped if stats is not None else 0,
+                'publish_failing': device.failed_at is not None
+                and now - device.failed_at <= period,
+                'last_error': device.last_error,
+            }
         return result
 
     @property
     def connected_server(self):
         """Name of the server connected to, or None."""
-        client = self._client
-        if client is not None and client.is_connected and client.server_name:
-            return client.server_name
-        return None
+        connection = self._connection
+        return connection.server_name if connection is not None else None
 
     def _log_figures(self):
-        period = min(self.params['log_period'], WINDOW)
+        period = min(self.params['log_period'], STATS_WINDOW)
         server = self.connected_server
         if server is None:
             self.get_logger().info('No server connected')
@@ -396,39 +373,51 @@ class ClientNode(LoopNode):
         for kinect_id, fig in sorted(self.figures(period).items()):
             self.get_logger().info(
                 '{0}: {1:.1f} Images/s, latency p50 {2:.1f} ms p99 {3:.1f} ms, '
-                '{4} published, {5} dropped'.format(
+                '{4} published, {5} dropped{6}'.format(
                     kinect_id, fig['rate'], fig['latency_p50_ms'], fig['latency_p99_ms'],
-                    fig['published'], fig['dropped']))
+                    fig['published'], fig['dropped'],
+                    ', STALLED' if fig['stalled'] else ''))
+
+    @staticmethod
+    def _device_level(fig, connected):
+        """Return ``(level, message)`` of a device's diagnostic status."""
+        if not connected or not fig['streaming']:
+            return DiagnosticStatus.ERROR, 'not streaming'
+        if fig['stalled'] or fig['rate'] == 0:
+            return DiagnosticStatus.WARN, 'no frames while the server answers'
+        if fig['publish_failing']:
+            return DiagnosticStatus.WARN, 'frames received but not published: {0}'.format(
+                fig['last_error'])
+        return DiagnosticStatus.OK, 'streaming'
 
     def _publish_diagnostics(self):
-        period = min(self.params['diagnostics_period'], WINDOW)
+        period = min(self.params['diagnostics_period'], STATS_WINDOW)
         server = self.connected_server
+        connection = self._connection
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
-        connection = DiagnosticStatus(name='{0}: connection'.format(self.get_name()),
-                                      hardware_id=str(self._client_endpoint or ''))
+        status = DiagnosticStatus(
+            name='{0}: connection'.format(self.get_name()),
+            hardware_id=str((connection.endpoint if connection is not None else None) or ''))
         if server is None:
-            connection.level = DiagnosticStatus.ERROR
-            connection.message = 'no server connected'
+            status.level = DiagnosticStatus.ERROR
+            status.message = 'no server connected'
         else:
-            connection.level = DiagnosticStatus.OK
-            connection.message = 'connected to {0}'.format(server)
-        msg.status.append(connection)
+            status.level = DiagnosticStatus.OK
+            status.message = 'connected to {0}'.format(server)
+        msg.status.append(status)
         for kinect_id, fig in sorted(self.figures(period).items()):
             status = DiagnosticStatus(name='{0}: {1}'.format(self.get_name(), kinect_id),
                                       hardware_id=kinect_id)
-            if not fig['streaming'] or server is None:
-                status.level, status.message = DiagnosticStatus.ERROR, 'not streaming'
-            elif fig['rate'] == 0:
-                status.level, status.message = DiagnosticStatus.WARN, 'no frames'
-            else:
-                status.level, status.message = DiagnosticStatus.OK, 'streaming'
+            status.level, status.message = self._device_level(fig, server is not None)
             status.values = [
                 KeyValue(key='frame_rate', value='{0:.2f}'.format(fig['rate'])),
                 KeyValue(key='latency_p50_ms', value='{0:.2f}'.format(fig['latency_p50_ms'])),
                 KeyValue(key='latency_p99_ms', value='{0:.2f}'.format(fig['latency_p99_ms'])),
+                KeyValue(key='received', value=str(fig['received'])),
                 KeyValue(key='published', value=str(fig['published'])),
                 KeyValue(key='dropped', value=str(fig['dropped'])),
+                KeyValue(key='invalid', value=str(fig['invalid'])),
             ]
             msg.status.append(status)
         self._diag_pub.publish(msg)
@@ -436,24 +425,15 @@ class ClientNode(LoopNode):
     # --- shutdown --------------------------------------------------------------------
 
     def stop_on_loop(self):
-        if self._maintainer is not None:
-            self._maintainer.stop()
-            self._maintainer = None
-        self._drop_client()
-        if self._browser is not None:
-            for signal, receiver in ((ServerBrowser.on_add_server, self._on_add_server),
-                                     (ServerBrowser.on_remove_server,
-                                      self._on_remove_server)):
-                signal.disconnect(receiver, sender=self._browser)
-            self._browser.close()
-            self._browser = None
-
-
-def _percentile(sorted_values, fraction):
-    if not sorted_values:
-        return float('nan')
-    index = min(len(sorted_values) - 1, int(round(fraction * (len(sorted_values) - 1))))
-    return sorted_values[index]
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            for name in ServerConnection.SIGNALS:
+                getattr(ServerConnection, name).disconnect(getattr(self, '_' + name),
+                                                           sender=connection)
+            connection.stop()
+        with self._lock:
+            for device in self._devices.values():
+                device.streaming = False
 
 
 def main(args=None):

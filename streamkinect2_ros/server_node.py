@@ -6,6 +6,12 @@ streams them to clients over ZeroMQ, announced over Zeroconf. The library runs o
 tornado IOLoop thread; the rclpy executor keeps the main thread (parameters,
 diagnostics). On shutdown (Ctrl-C, SIGTERM, launch shutdown) the server unregisters from
 Zeroconf and every socket is closed.
+
+Numeric parameters have ranges (rclpy refuses anything else, and the node exits at once
+with the reason). ``/diagnostics`` carries one status per device, OK, WARN or ERROR as
+the server's health checks find it (a device not running or silent, frames failing to
+compress or dropped, flooding subscribers cut off), with its counters; each change of
+health is logged through the node's logger, with the traceback of a failing frame.
 """
 import sys
 
@@ -27,11 +33,13 @@ PARAMETERS = (
     ParamSpec('address', '', 'IPv4 address of the interface to bind and announce on; '
               'empty: the interface holding the default route', True),
     ParamSpec('announce', True, 'Announce the server over Zeroconf (_kinect2._tcp)', True),
-    ParamSpec('control_port', 0, 'TCP port of the control endpoint; 0: a free port', True),
+    ParamSpec('control_port', 0, 'TCP port of the control endpoint; 0: a free port', True,
+              (0, 65535)),
     ParamSpec('device', 'mock', 'Device backend: mock (synthetic frames), or freenect2 (real '
               'Kinect v2 sensors through the optional pylibfreenect2)', True),
-    ParamSpec('mock_count', 1, 'device=mock: number of mock devices', True),
-    ParamSpec('mock_fps', 30.0, 'device=mock: frames per second of each mock device', True),
+    ParamSpec('mock_count', 1, 'device=mock: number of mock devices', True, (1, 64)),
+    ParamSpec('mock_fps', 30.0, 'device=mock: frames per second of each mock device', True,
+              (0.01, 1000.0)),
     ParamSpec('mock_ids', [], 'device=mock: device ids (at most mock_count); missing ids '
               'are generated as mock-<random>', True),
     ParamSpec('freenect2_serials', [], 'device=freenect2: serial numbers of the sensors to '
@@ -39,18 +47,26 @@ PARAMETERS = (
     ParamSpec('freenect2_pipeline', 'auto', 'device=freenect2: libfreenect2 packet pipeline: '
               'auto, cuda, opencl, opengl or cpu; falls back to the next available', True),
     ParamSpec('freenect2_min_depth', 500, 'device=freenect2: nearest depth kept, mm; nearer '
-              'is 0 (no reading)', True),
+              'is 0 (no reading)', True, (0, 65535)),
     ParamSpec('freenect2_max_depth', 4500, 'device=freenect2: farthest depth kept, mm (at '
-              'most 65535); farther is 0 (no reading)', True),
+              'most 65535); farther is 0 (no reading)', True, (0, 65535)),
     ParamSpec('freenect2_frame_timeout', 2.0, 'device=freenect2: seconds without a frame '
-              'after which a sensor counts as unplugged and is removed', True),
+              'after which a sensor counts as unplugged and is removed', True, (0.1, 3600.0)),
+    ParamSpec('freenect2_start_timeout', 5.0, 'device=freenect2: seconds from the start of '
+              'a sensor to its first frame; none by then: reopen it with the next packet '
+              'pipeline', True, (0.1, 3600.0)),
     ParamSpec('diagnostics_period', 1.0, 'Seconds between diagnostic_msgs/DiagnosticArray '
-              'messages on /diagnostics; 0: none', True),
+              'messages on /diagnostics (each device OK, WARN or ERROR); 0: none', True,
+              (0.0, 3600.0)),
     ParamSpec('curve_secret_file', '', "CURVE security: the server's .key_secret file "
               '(made by streamkinect2-keygen); empty: security off', True),
     ParamSpec('curve_allowed_clients', [], 'CURVE security: public keys (40 Z85 characters) '
               'or .key files of the clients admitted; nobody else gets anything', True),
 )
+
+
+_LEVELS = {'OK': DiagnosticStatus.OK, 'WARN': DiagnosticStatus.WARN,
+           'ERROR': DiagnosticStatus.ERROR}
 
 
 class ServerNode(LoopNode):
@@ -62,8 +78,9 @@ class ServerNode(LoopNode):
         self._server = None
         self._curve = None
         self._devices = []
-        self.params = declare_all(self, PARAMETERS)
         try:
+            # Out-of-range values are refused here, before anything is opened.
+            self.params = declare_all(self, PARAMETERS)
             self._start()
         except BaseException:
             self.close()
@@ -104,11 +121,22 @@ class ServerNode(LoopNode):
             zmq_ctx=self.zmq_ctx, io_loop=self.loop.io_loop,
             announce=params['announce'], control_port=params['control_port'] or None,
             curve=self._curve)
+        period = params['diagnostics_period']
+        self._server.health_period = min(period, 1.0) if period > 0 else 1.0
         for device in self._devices:
             self._server.add_kinect(device)
         self._server.start()
-        for device in self._devices:
-            device.start()
+        for device in list(self._devices):
+            try:
+                device.start()
+            except Exception as err:  # one sensor that will not start: serve the others
+                if len(self._devices) == 1:
+                    raise
+                self.get_logger().error('Device {0} did not start, not served: {1}'.format(
+                    device.unique_kinect_id, err))
+                self._server.remove_kinect(device)
+                self._devices.remove(device)
+                _close_device(device)
         return self._server.endpoints[EndpointType.control]
 
     def _on_device_lost(self, device):
@@ -120,10 +148,17 @@ class ServerNode(LoopNode):
         if server is None or device not in server.kinects:
             return
         server.remove_kinect(device)  # clients see on_remove_kinect at their next who
-        device.stop()
+        if device.is_running:
+            device.stop()
+        _close_device(device)
         self.get_logger().error('Sensor {0} lost (unplugged?): removed; still serving: '
                                 '{1}'.format(device.unique_kinect_id, ', '.join(
                                     k.unique_kinect_id for k in server.kinects) or 'none'))
+
+    @property
+    def devices(self):
+        """Return the devices this node serves (the backend's objects)."""
+        return list(self._devices)
 
     @property
     def control_endpoint(self):
@@ -140,7 +175,8 @@ class ServerNode(LoopNode):
         server = self._server
         if server is None or not server.is_running:
             return {}
-        return {device.unique_kinect_id: server.device_stats(device.unique_kinect_id)
+        return {device.unique_kinect_id: (server.device_health(device.unique_kinect_id),
+                                          server.device_stats(device.unique_kinect_id))
                 for device in server.kinects}
 
     def _publish_diagnostics(self):
@@ -150,10 +186,12 @@ class ServerNode(LoopNode):
             return
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
-        for device_id, counters in stats.items():
+        for device_id, ((level, message), counters) in stats.items():
+            # The library logs each change of health (bridged to this node's log).
             status = DiagnosticStatus(
-                level=DiagnosticStatus.OK, name='{0}: {1}'.format(self.get_name(), device_id),
-                message='streaming', hardware_id=device_id)
+                level=_LEVELS.get(level, DiagnosticStatus.ERROR),
+                name='{0}: {1}'.format(self.get_name(), device_id), message=message,
+                hardware_id=device_id)
             status.values = [KeyValue(key=key, value=str(value))
                              for key, value in sorted(counters.items())]
             status.values.append(KeyValue(key='control_endpoint',
@@ -167,13 +205,22 @@ class ServerNode(LoopNode):
         for device in self._devices:
             if device.is_running:
                 device.stop()
+            _close_device(device)
 
     def close(self):
-        """Stop serving: unregister, close every socket, stop the devices and threads."""
+        """Stop serving: unregister, close every socket, stop and close the devices."""
         super().close()
         for device in self._devices:  # if the loop never ran
             if getattr(device, 'is_running', False):
                 device.stop()
+            _close_device(device)
+
+
+def _close_device(device):
+    """Release a stopped device (a real sensor's USB handle); devices without close() pass."""
+    close = getattr(device, 'close', None)
+    if close is not None:
+        close()
 
 
 def main(args=None):
