@@ -20,6 +20,25 @@ setup() {
     echo "dev.sh: installing streamkinect2_ros and its dependencies into .venv" >&2
     .venv/bin/python -m pip install --quiet --disable-pip-version-check \
         -e '.[ros,test,bench,dev]'
+    # The real pylibfreenect2 (libfreenect2 bundled, CPU pipeline only) from the shared
+    # wheel, where there is one and it fits this Python: the freenect2 tests check the
+    # backend against it, and skip, saying why, without it. Its import needs
+    # pkg_resources, which setuptools 81 dropped.
+    local wheels=(../shared/freenect2-wheel/pylibfreenect2-*-cp311-*.whl)
+    if [ -e "${wheels[0]}" ]; then
+        if .venv/bin/python -c 'import platform, sys; sys.exit(not (
+                platform.python_implementation() == "CPython" and sys.platform == "linux"
+                and sys.version_info[:2] == (3, 11) and platform.machine() == "x86_64"))'; then
+            echo "dev.sh: installing the real pylibfreenect2 from ${wheels[0]}" >&2
+            .venv/bin/python -m pip install --quiet --disable-pip-version-check \
+                "${wheels[0]}" 'setuptools<81' ||
+                echo "dev.sh: could not install ${wheels[0]}; the tests that need the" \
+                    "real pylibfreenect2 will skip" >&2
+        else
+            echo "dev.sh: ${wheels[0]} is for CPython 3.11 on x86_64 Linux; the tests" \
+                "that need the real pylibfreenect2 will skip" >&2
+        fi
+    fi
 }
 
 cmd=${1:-help}

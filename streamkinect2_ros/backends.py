@@ -69,8 +69,11 @@ def mock_devices(options):
 def freenect2_devices(options):
     """Open the sensors ``freenect2_serials`` (empty: all) with ``freenect2_pipeline``.
 
-    Depth outside ``freenect2_min_depth`` .. ``freenect2_max_depth`` (mm) becomes 0; a
-    sensor silent for ``freenect2_frame_timeout`` seconds is reported lost.
+    Depth outside ``freenect2_min_depth`` .. ``freenect2_max_depth`` (mm) becomes 0; no
+    frame within ``freenect2_start_timeout`` seconds of the start moves a sensor to the
+    next pipeline; a sensor silent for ``freenect2_frame_timeout`` seconds is reported
+    lost. A sensor that cannot be opened is logged and left out; the error says why when
+    none can be.
     """
     from streamkinect2.freenect2_device import Freenect2Unavailable, open_devices
     try:
@@ -79,9 +82,13 @@ def freenect2_devices(options):
             pipeline=str(options.get('freenect2_pipeline', 'auto')),
             min_depth=int(options.get('freenect2_min_depth', 500)),
             max_depth=int(options.get('freenect2_max_depth', 4500)),
-            frame_timeout=float(options.get('freenect2_frame_timeout', 2.0)))
+            frame_timeout=float(options.get('freenect2_frame_timeout', 2.0)),
+            start_timeout=float(options.get('freenect2_start_timeout', 5.0)))
     except (Freenect2Unavailable, ValueError) as err:
         raise BackendError('device "freenect2": {0}'.format(err)) from None
+    except TypeError as err:  # an API this backend does not know
+        raise BackendError('device "freenect2": pylibfreenect2 rejected a call ({0}); this '
+                           'backend follows r9y9/pylibfreenect2 master'.format(err)) from err
 
 
 register_backend('mock', mock_devices)

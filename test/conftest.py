@@ -1,6 +1,8 @@
 """Shared test helpers: every socket on loopback, every wait with a deadline."""
 import asyncio
+import importlib
 import os
+import sys
 import threading
 import time
 
@@ -11,6 +13,8 @@ os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 os.environ.setdefault('ROS_DOMAIN_ID', str(1 + os.getpid() % 100))
 
 LOOPBACK = '127.0.0.1'
+#: The stand-in pylibfreenect2 (test/standin): what needs a sensor (frames, unplugging).
+STANDIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'standin')
 
 
 def run_async(coro, timeout=60.0):
@@ -42,6 +46,24 @@ def no_leaked_threads(request):
             break
         time.sleep(0.02)
     assert not extra, 'threads left running: {0}'.format([t.name for t in extra])
+
+
+@pytest.fixture
+def lib(monkeypatch):
+    """Install the stand-in pylibfreenect2 for one test, with no sensor and no display."""
+    monkeypatch.syspath_prepend(STANDIN)
+    monkeypatch.delenv('STANDIN_FREENECT2', raising=False)
+    monkeypatch.delenv('DISPLAY', raising=False)
+    monkeypatch.delenv('WAYLAND_DISPLAY', raising=False)
+    monkeypatch.delenv('LIBFREENECT2_PIPELINE', raising=False)
+    sys.modules.pop('pylibfreenect2', None)
+    module = importlib.import_module('pylibfreenect2')
+    assert module.__file__.startswith(STANDIN)
+    module.SCENARIO.reset()
+    yield module
+    for device in module.SCENARIO.opened:
+        device.close()
+    sys.modules.pop('pylibfreenect2', None)
 
 
 def pytest_configure(config):

@@ -1,12 +1,20 @@
-"""The pylibfreenect2 backend, driven through the stand-in module in test/standin."""
-import importlib
+"""The pylibfreenect2 backend, driven through the stand-in module in test/standin.
+
+The stand-in (test/standin/pylibfreenect2) plays the sensor: frames arriving, a sensor
+that cannot be opened or started, an unplug, a pipeline that delivers nothing. Where the
+real binding itself can answer (types, the failed open, the camera parameters), the
+tests are in test_freenect2_real.py; the stand-in's own fidelity in
+test_freenect2_standin.py.
+"""
+import gc
+import json
 import logging
 import os
 import sys
 import threading
 import time
 
-from conftest import LOOPBACK, run_async, wait_until
+from conftest import LOOPBACK, run_async, STANDIN, wait_until
 import numpy as np
 import pytest
 from streamkinect2 import freenect2_device
@@ -15,23 +23,15 @@ from streamkinect2.common import EndpointType
 from streamkinect2.freenect2_device import (depth_to_uint16, Freenect2Kinect,
                                             Freenect2Unavailable, open_devices)
 from streamkinect2.server import Server
+from streamkinect2_ros import backends
 
-STANDIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'standin')
+LOGGER = 'streamkinect2.freenect2_device'
 
 
-@pytest.fixture
-def lib(monkeypatch):
-    """Install the stand-in pylibfreenect2 for one test, with no sensor connected."""
-    monkeypatch.syspath_prepend(STANDIN)
-    monkeypatch.delenv('STANDIN_FREENECT2', raising=False)
-    sys.modules.pop('pylibfreenect2', None)
-    module = importlib.import_module('pylibfreenect2')
-    module.SCENARIO.reset()
-    yield module
-    for device in module.SCENARIO.opened:
-        if device.started:
-            device.stop()
-    sys.modules.pop('pylibfreenect2', None)
+def script(monkeypatch, lib, **spec):
+    """Script the stand-in through STANDIN_FREENECT2, for this process and its children."""
+    monkeypatch.setenv('STANDIN_FREENECT2', json.dumps(spec))
+    lib._scenario_from_env()
 
 
 def depth_frames(count=4):
@@ -41,6 +41,10 @@ def depth_frames(count=4):
                       1e30], np.float32)
     base = np.resize(edges, (424, 512))
     return [np.roll(base, k, axis=1) for k in range(count)]
+
+
+def messages(caplog, level=logging.DEBUG):
+    return [r.getMessage() for r in caplog.records if r.levelno >= level]
 
 
 def test_conversion_at_the_edges():
@@ -68,7 +72,10 @@ def test_a_missing_pylibfreenect2_says_how_to_install_it_or_use_the_mock(monkeyp
 def test_serial_selection(lib):
     lib.SCENARIO.reset([lib.Sensor('A1', depth_frames()), lib.Sensor('B2', depth_frames())])
     assert freenect2_device.list_serials() == ['A1', 'B2']
-    assert [d.unique_kinect_id for d in open_devices()] == ['A1', 'B2']
+    devices = open_devices()
+    assert [d.unique_kinect_id for d in devices] == ['A1', 'B2']
+    for device in devices:
+        device.close()
     assert [d.unique_kinect_id for d in open_devices(['B2'])] == ['B2']
     with pytest.raises(Freenect2Unavailable, match='C3 not connected; connected: A1, B2'):
         open_devices(['A1', 'C3'])
@@ -77,24 +84,91 @@ def test_serial_selection(lib):
         open_devices()
 
 
-def test_pipeline_choice_and_fallback(lib, caplog):
-    caplog.set_level(logging.INFO, 'streamkinect2.freenect2_device')
-    lib.SCENARIO.reset([lib.Sensor('A1', depth_frames())], pipelines=['cpu', 'opengl'])
-    assert open_devices(pipeline='auto')[0].pipeline_name == 'opengl'
-    assert open_devices(pipeline='cpu')[0].pipeline_name == 'cpu'
+# --- defect 2: a listed sensor that cannot be opened ---------------------------------
+
+def test_a_sensor_that_cannot_be_opened_is_reported_and_the_others_served(lib, caplog):
+    """libfreenect2 returns NULL; the first call on it would segfault (WouldCrash here)."""
+    lib.SCENARIO.reset([lib.Sensor('A1', depth_frames(), open_fails=True),
+                        lib.Sensor('B2', depth_frames())])
+    devices = open_devices()
+    assert [d.unique_kinect_id for d in devices] == ['B2']
+    errors = messages(caplog, logging.ERROR)
+    assert any(m.startswith('could not open sensor A1: ') for m in errors), errors
+    for cause in ('in use by another', 'udev rules', 'USB 3'):
+        assert cause in errors[0]
+    frames, done, handler = _collect(devices[0], 3)
+    with devices[0]:
+        assert done.wait(10)
+    Freenect2Kinect.on_depth_frame.disconnect(handler, devices[0])
+
+
+def test_a_sensor_open_in_another_process_is_not_opened_twice(lib):
+    lib.SCENARIO.reset([lib.Sensor('A1', depth_frames())])
+    first = open_devices()[0]  # its own Freenect2 context, as another process would have
+    with pytest.raises(Freenect2Unavailable, match='could not open sensor A1: '):
+        open_devices()
+    first.close()
+    assert [d.unique_kinect_id for d in open_devices()] == ['A1']
+
+
+def test_no_sensor_opens_the_error_names_each_cause(lib):
+    lib.SCENARIO.reset([lib.Sensor('A1', depth_frames(), open_fails=True),
+                        lib.Sensor('B2', depth_frames(), open_fails=True)])
+    with pytest.raises(Freenect2Unavailable) as err:
+        open_devices()
+    assert 'could not open sensor A1: ' in str(err.value)
+    assert 'could not open sensor B2: ' in str(err.value)
+    with pytest.raises(backends.BackendError, match='could not open sensor A1: .*USB 3'):
+        backends.create_devices('freenect2', {'freenect2_serials': ['A1']})
+
+
+# --- defect 3: pipelines ----------------------------------------------------------------
+
+def test_a_pipeline_not_in_this_build_falls_back(lib, caplog):
+    caplog.set_level(logging.INFO, LOGGER)
+    lib.SCENARIO.reset([lib.Sensor('A1', depth_frames())], pipelines=['cpu', 'opencl'])
+    device = open_devices(pipeline='cpu')[0]
+    assert device.pipeline_name == 'cpu'
+    device.close()
     caplog.clear()
     device = open_devices(pipeline='cuda')[0]
-    assert device.pipeline_name == 'opengl'
-    assert lib.SCENARIO.opened[-1].pipeline.name == 'opengl'
-    messages = [r.getMessage() for r in caplog.records]
-    assert "libfreenect2 pipeline 'cuda' is not available in this build" in messages
-    assert "Falling back from pipeline 'cuda' to 'opengl'" in messages
-    assert 'Using libfreenect2 opengl pipeline' in messages
+    assert device.pipeline_name == 'opencl'
+    assert lib.SCENARIO.opened[-1].pipeline.name == 'opencl'
+    assert "libfreenect2 pipeline 'cuda' is not available in this build" in messages(caplog)
+    assert "Falling back from pipeline 'cuda' to 'opencl'" in messages(caplog)
     with pytest.raises(ValueError, match='unknown pipeline'):
         open_devices(pipeline='vulkan')
 
 
-def _collect(device, count, timeout=10.0):
+def test_opengl_is_never_built_without_a_display(lib, caplog):
+    """libfreenect2 calls exit(-1) when GLFW finds no display (SystemExit(255) here)."""
+    lib.SCENARIO.reset([lib.Sensor('A1', depth_frames())], pipelines=['cpu', 'opengl'])
+    for asked in ('auto', 'opengl'):
+        device = open_devices(pipeline=asked)[0]
+        assert device.pipeline_name == 'cpu'
+        device.close()
+    warnings = messages(caplog, logging.WARNING)
+    assert any("pipeline 'opengl' needs a display" in m and 'DISPLAY' in m
+               for m in warnings), warnings
+    assert not [d for d in lib.SCENARIO.opened if d.pipeline.name == 'opengl']
+
+
+def test_opengl_with_a_display_is_tried_in_a_child_process_first(lib, monkeypatch, caplog):
+    """A display without a usable OpenGL 3.1 also makes libfreenect2 exit the process."""
+    monkeypatch.setenv('DISPLAY', ':0')
+    sensor = {'serial': 'A1', 'values': [1000.0]}
+    script(monkeypatch, lib, pipelines=['cpu', 'opengl'], gl_window=False, sensors=[sensor])
+    device = open_devices(pipeline='auto')[0]
+    assert device.pipeline_name == 'cpu'
+    device.close()
+    warnings = messages(caplog, logging.WARNING)
+    assert any("pipeline 'opengl' is not usable" in m and 'Failed to create opengl window'
+               in m for m in warnings), warnings
+    script(monkeypatch, lib, pipelines=['cpu', 'opengl'], gl_window=True, sensors=[sensor])
+    assert open_devices(pipeline='auto')[0].pipeline_name == 'opengl'
+
+
+def _collect(device, count):
     frames, done = [], threading.Event()
 
     def on_frame(sender, depth_frame):
@@ -105,44 +179,92 @@ def _collect(device, count, timeout=10.0):
     return frames, done, on_frame
 
 
-def test_frames_carry_the_sensor_clock_and_convert_exactly(lib):
+def test_no_frame_within_the_start_timeout_reopens_with_the_next_pipeline(lib, caplog):
+    """CUDA and OpenCL pipelines build without error but may process nothing."""
+    caplog.set_level(logging.INFO, LOGGER)
     sources = depth_frames()
-    lib.SCENARIO.reset([lib.Sensor('A1', sources, fps=60)])
-    device = open_devices(min_depth=500, max_depth=4500)[0]
-    frames, done, handler = _collect(device, 6)
+    lib.SCENARIO.reset([lib.Sensor('A1', sources, fps=60)], pipelines=['cpu', 'cuda', 'opencl'],
+                       unusable=['cuda', 'opencl'])
+    device = open_devices(start_timeout=0.3)[0]
+    assert device.pipeline_name == 'cuda'
+    frames, done, handler = _collect(device, 3)
     with device:
         assert done.wait(10)
-        assert device.depth_camera['fx'] == pytest.approx(366.1)
-        assert device.depth_camera['p2'] == pytest.approx(-0.0007)
+        assert device.pipeline_name == 'cpu'
     Freenect2Kinect.on_depth_frame.disconnect(handler, device)
-    calls = lib.SCENARIO.sensors[0].calls
-    assert calls[:2] == ['setIrAndDepthFrameListener', 'startStreams(False, True)']
-    assert calls[-2:] == ['stop', 'close']
+    # A fresh pipeline object each time (libfreenect2 owns, and deletes, the one it got):
+    # the stand-in raises WouldCrash on a reused one.
+    assert [d.pipeline.name for d in lib.SCENARIO.opened] == ['cuda', 'opencl', 'cpu']
+    assert [d.state for d in lib.SCENARIO.opened] == ['Closed', 'Closed', 'Open']
+    log = messages(caplog)
+    assert ('Kinect A1: no depth frame within 0.3 s of start with the cuda pipeline; '
+            'reopening with the opencl pipeline') in log
+    assert ('Kinect A1: no depth frame within 0.3 s of start with the opencl pipeline; '
+            'reopening with the cpu pipeline') in log
+    assert 'Kinect A1 streaming depth with the cpu pipeline' in log
     for frame in frames:
-        index = frame.sequence - 1000
-        assert frame.device_timestamp == index * 333
-        assert frame.array.dtype == np.uint16 and frame.shape == (512, 424)
-        expected = depth_to_uint16(sources[index % len(sources)], 500, 4500)
+        expected = depth_to_uint16(sources[(frame.sequence - 1000) % len(sources)])
         assert np.array_equal(frame.array, expected)
-        assert abs(time.time() - frame.timestamp) < 10
 
 
-def test_unplugged_mid_stream_is_reported_and_the_thread_ends(lib):
-    lib.SCENARIO.reset([lib.Sensor('A1', depth_frames(), fps=100, unplug_after=5)])
-    device = open_devices(frame_timeout=0.3)[0]
+def test_no_frame_with_any_pipeline_is_reported_lost_with_the_cause(lib, caplog):
+    lib.SCENARIO.reset([lib.Sensor('A1', depth_frames(), fps=60)], pipelines=['cpu', 'cuda'],
+                       unusable=['cuda', 'cpu'])
+    device = open_devices(start_timeout=0.2)[0]
     lost = threading.Event()
     Freenect2Kinect.on_device_lost.connect(lambda sender: lost.set(), device, weak=False)
-    frames, _, handler = _collect(device, 5)
     device.start()
-    assert lost.wait(5)
-    assert len(frames) == 5 and device.lost
-    device._thread.join(2)
-    assert not device._thread.is_alive()
+    assert lost.wait(10)
     device.stop()
-    assert lib.SCENARIO.sensors[0].calls[-1] == 'close'
-    with pytest.raises(Freenect2Unavailable, match='lost'):
+    error = [m for m in messages(caplog, logging.ERROR) if m.startswith('Kinect A1 lost')]
+    assert error and 'no depth frame within 0.2 s of start with any pipeline (cuda, cpu)' \
+        in error[0] and 'USB 3' in error[0], error
+    assert lib.SCENARIO.opened[-1].state == 'Closed'
+
+
+# --- defect 4: stop() stops, close() closes --------------------------------------------
+
+def test_start_after_stop_streams_again(lib):
+    lib.SCENARIO.reset([lib.Sensor('A1', depth_frames(), fps=60)])
+    device = open_devices(frame_timeout=5.0)[0]
+    frames, done, handler = _collect(device, 3)
+    with device:
+        assert done.wait(10)
+    calls = lib.SCENARIO.sensors[0].calls
+    assert calls[-1] == 'stop' and 'close' not in calls
+    first_run = len(frames)
+    done.clear()
+    frames.clear()
+    with device:
+        assert done.wait(10), 'no frame after a restart'
+    assert frames[0].sequence >= 1000 + first_run
+    device.close()
+    assert calls[-1] == 'close' and lib.SCENARIO.opened[0].state == 'Closed'
+    with pytest.raises(Freenect2Unavailable, match='Kinect A1 is closed'):
         device.start()
+    device.close()  # twice: nothing more
     Freenect2Kinect.on_depth_frame.disconnect(handler, device)
+
+
+def test_a_device_made_directly_keeps_its_context_alive(lib):
+    """libfreenect2 deletes its devices with the context: the device itself must hold it.
+
+    Made without open_devices, from a context the caller keeps no reference to.
+    """
+    lib.SCENARIO.reset([lib.Sensor('A1', depth_frames(), fps=60)])
+    device = Freenect2Kinect(lib.Freenect2(), 'A1', pipeline=['cpu'], frame_timeout=5.0,
+                             lib=lib)
+    gc.collect()
+    assert lib.SCENARIO.opened[0].state == 'Open'
+    frames, done, handler = _collect(device, 2)
+    try:
+        with device:
+            assert done.wait(10), 'no frame from a device made directly'
+    finally:
+        Freenect2Kinect.on_depth_frame.disconnect(handler, device)
+    assert not device.lost
+    device.close()
+    assert lib.SCENARIO.opened[0].state == 'Closed'
 
 
 def test_repeated_start_and_stop_only_warn(lib, caplog):
@@ -153,8 +275,70 @@ def test_repeated_start_and_stop_only_warn(lib, caplog):
         device.start()
         assert device.is_running
     assert not device.is_running
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+    warnings = messages(caplog, logging.WARNING)
     assert 'Kinect A1 not running' in warnings and 'Kinect A1 already running' in warnings
+
+
+# --- defect 5: a sensor whose streams do not start -------------------------------------
+
+def test_a_sensor_that_does_not_start_is_reported_not_served_with_empty_intrinsics(lib):
+    """pylibfreenect2 drops startStreams' bool: the unread camera parameters tell."""
+    lib.SCENARIO.reset([lib.Sensor('A1', depth_frames(), start_fails=True)])
+    device = open_devices()[0]
+    with pytest.raises(Freenect2Unavailable) as err:
+        device.start()
+    assert str(err.value).startswith('could not start sensor A1: ')
+    assert 'fx = 0' in str(err.value) and 'USB 3' in str(err.value)
+    assert not device.is_running and device.depth_camera is None
+    device.close()
+
+
+# --- the sensor clock (defect 6), conversion, intrinsics ------------------------------
+
+def test_frames_carry_the_sensor_clock_and_convert_exactly(lib):
+    sources = depth_frames()
+    lib.SCENARIO.reset([lib.Sensor('A1', sources, fps=30)])
+    device = open_devices(min_depth=500, max_depth=4500)[0]
+    frames, done, handler = _collect(device, 6)
+    with device:
+        assert done.wait(10)
+        assert device.depth_camera['fx'] == pytest.approx(366.1)
+        assert device.depth_camera['p2'] == pytest.approx(-0.0007)
+    Freenect2Kinect.on_depth_frame.disconnect(handler, device)
+    calls = lib.SCENARIO.sensors[0].calls
+    assert calls[:2] == ['setIrAndDepthFrameListener', 'startStreams(False, True)']
+    # libfreenect2's clock: 0.125 ms a tick, 266 ticks a frame at 30 Hz.
+    tick_ns = freenect2_device.DEVICE_TICK_NS
+    assert tick_ns == 125000
+    for frame in frames:
+        index = frame.sequence - 1000
+        assert frame.device_timestamp == index * 266
+        assert frame.array.dtype == np.uint16 and frame.shape == (512, 424)
+        expected = depth_to_uint16(sources[index % len(sources)], 500, 4500)
+        assert np.array_equal(frame.array, expected)
+        assert abs(time.time() - frame.timestamp) < 10
+    step = frames[1].device_timestamp - frames[0].device_timestamp
+    period_ns = step * tick_ns // (frames[1].sequence - frames[0].sequence)
+    assert period_ns == 33250000  # 30 Hz
+
+
+def test_unplugged_mid_stream_is_reported_closed_and_the_thread_ends(lib):
+    lib.SCENARIO.reset([lib.Sensor('A1', depth_frames(), fps=100, unplug_after=5)])
+    device = open_devices(frame_timeout=0.3)[0]
+    lost = threading.Event()
+    Freenect2Kinect.on_device_lost.connect(lambda sender: lost.set(), device, weak=False)
+    frames, _, handler = _collect(device, 5)
+    device.start()
+    assert lost.wait(5)
+    assert len(frames) == 5 and device.lost
+    device._thread.join(2)
+    assert not device._thread.is_alive()
+    # A lost sensor is closed by the device itself (the node only stops it).
+    assert lib.SCENARIO.sensors[0].calls[-1] == 'close'
+    device.stop()
+    with pytest.raises(Freenect2Unavailable, match='lost'):
+        device.start()
+    Freenect2Kinect.on_depth_frame.disconnect(handler, device)
 
 
 def test_served_end_to_end_with_the_sensor_intrinsics(lib):
@@ -175,8 +359,10 @@ def test_served_end_to_end_with_the_sensor_intrinsics(lib):
                     weak=False)
                 await wait_until(lambda: len(received) >= 5, 15, 'frames')
                 record = client.device_info('S3R14L')
+        device.close()
         assert record['depth_camera'] == device.depth_camera
-        assert record['depth_camera']['cx'] == pytest.approx(258.3)
+        # IrCameraParams are C floats: what the client gets is the float32 value.
+        assert record['depth_camera']['cx'] == float(np.float32(258.3))
         for frame in received:
             source = sources[(frame.sequence - 1000) % len(sources)]
             assert np.array_equal(frame.array, depth_to_uint16(source, 0, 65535))
@@ -195,14 +381,16 @@ def test_server_node_with_a_sensor_to_client_node_image_and_intrinsics(monkeypat
     pytest.importorskip('rclpy')
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CameraInfo, Image
-    import json
 
     scenario = {'pipelines': ['cpu'], 'sensors': [
         {'serial': '007357', 'fps': 30, 'values': VALUES, 'ir_params': IR},
-        {'serial': '008400', 'fps': 30, 'values': VALUES, 'unplug_after': 60}]}
+        {'serial': '008400', 'fps': 30, 'values': VALUES, 'unplug_after': 60},
+        {'serial': '009911', 'fps': 30, 'values': VALUES, 'open_fails': True}]}
     monkeypatch.setenv('STANDIN_FREENECT2', json.dumps(scenario))
     monkeypatch.setenv('PYTHONPATH', os.pathsep.join(
         p for p in (STANDIN, os.environ.get('PYTHONPATH')) if p))
+    monkeypatch.delenv('DISPLAY', raising=False)
+    monkeypatch.delenv('WAYLAND_DISPLAY', raising=False)
     base = np.resize(np.array(VALUES, np.float32), (424, 512))
     expected = [depth_to_uint16(np.roll(base, k, axis=1), 500, 4500).tobytes()
                 for k in range(8)]
@@ -235,6 +423,9 @@ def test_server_node_with_a_sensor_to_client_node_image_and_intrinsics(monkeypat
                                               IR['k3']])
         # The pipeline asked for is not in this build: the fallback is logged.
         server.wait_for_output("Falling back from pipeline 'opengl' to 'cpu'", 5.0)
+        # The sensor that cannot be opened is named, with the likely causes, at start-up.
+        server.wait_for_output('could not open sensor 009911: libfreenect2 returned no '
+                               'device', 5.0)
         # The second sensor goes silent after 2 s: reported, removed, the first serves on.
         server.wait_for_output('Sensor 008400 lost (unplugged?): removed; still serving: '
                                '007357', 15.0)
