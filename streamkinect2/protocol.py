@@ -5,6 +5,7 @@ See ``docs/protocol.md`` for the specification these functions implement.
 import enum
 import json
 import struct
+from typing import Any, Dict, List, NamedTuple, Sequence, Tuple, Type, TypeVar, Union
 
 from .common import PROTOCOL_VERSION, ProtocolError
 
@@ -12,14 +13,23 @@ __all__ = [
     'MessageType', 'encode_control', 'decode_control', 'FrameHeader', 'FRAME_MAGIC',
     'FRAME_VERSION', 'FRAME_HEADER_SIZE', 'FRAME_HEADER_FORMAT', 'pack_frame_header',
     'unpack_frame_header',
-    'FrameMessage', 'decode_frame_message', 'MAX_CONTROL_BYTES', 'MAX_JSON_DEPTH',
-    'validate_me_payload',
+    'FrameMessage', 'decode_frame_message', 'CONTROL_MAX_MESSAGE_SIZE', 'MAX_CONTROL_BYTES',
+    'MAX_JSON_DEPTH', 'validate_me_payload', 'BytesLike', 'MessageParts',
 ]
 
 #: Largest control message payload accepted, in bytes.
-MAX_CONTROL_BYTES = 64 * 1024
+MAX_CONTROL_BYTES: int = 64 * 1024
 #: Deepest nesting of JSON containers accepted in a control payload.
-MAX_JSON_DEPTH = 16
+MAX_JSON_DEPTH: int = 16
+#: Control messages larger than this make ZeroMQ drop the sending peer, on both ends
+#: (``ZMQ_MAXMSGSIZE``; defence in depth: payloads above :py:data:`MAX_CONTROL_BYTES` are
+#: answered with an error).
+CONTROL_MAX_MESSAGE_SIZE: int = 1024 * 1024
+
+#: A bytes-like object: what a frame header or payload may be given as.
+BytesLike = Union[bytes, bytearray, memoryview]
+#: The parts of a received ZeroMQ message: bytes-like objects or ``zmq.Frame`` objects.
+MessageParts = Sequence[Any]
 
 
 class MessageType(enum.Enum):
@@ -32,7 +42,7 @@ class MessageType(enum.Enum):
     me = 0x04
 
 
-def encode_control(msg_type, payload=None):
+def encode_control(msg_type: MessageType, payload: Any = None) -> List[bytes]:
     """Return the list of frames for a control message of *msg_type* with *payload*."""
     frames = [bytes((msg_type.value,))]
     if payload is not None:
@@ -40,7 +50,7 @@ def encode_control(msg_type, payload=None):
     return frames
 
 
-def _json_depth_ok(obj, limit):
+def _json_depth_ok(obj: Any, limit: int) -> bool:
     # Iterative walk: bounded by the payload size, no recursion.
     stack = [(obj, 1)]
     while stack:
@@ -53,7 +63,7 @@ def _json_depth_ok(obj, limit):
     return True
 
 
-def decode_control(frames):
+def decode_control(frames: MessageParts) -> Tuple[MessageType, Any]:
     """Decode a received control message into ``(MessageType, payload or None)``.
 
     Raises :py:class:`ProtocolError` with a human-readable reason for anything
@@ -90,7 +100,7 @@ def decode_control(frames):
     return msg_type, payload
 
 
-def validate_me_payload(payload):
+def validate_me_payload(payload: Any) -> Dict[str, Any]:
     """Check a ``me`` payload and return it; raise :py:class:`ProtocolError` if invalid."""
     if not isinstance(payload, dict):
         raise ProtocolError('me payload must be a JSON object')
@@ -123,41 +133,42 @@ def validate_me_payload(payload):
 # Depth frame messages
 
 #: First four bytes of every depth frame header.
-FRAME_MAGIC = b'SK2D'
+FRAME_MAGIC: bytes = b'SK2D'
 #: Version of the depth frame header layout.
-FRAME_VERSION = 1
+FRAME_VERSION: int = 1
 #: The struct format of a version-1 frame header (magic, version, codec, header size,
 #: width, height, flags, sequence, timestamp_ns, device timestamp, payload size).
-FRAME_HEADER_FORMAT = '<4sBBHHHIQqQI'
+FRAME_HEADER_FORMAT: str = '<4sBBHHHIQqQI'
 _HEADER = struct.Struct(FRAME_HEADER_FORMAT)
 #: Size in bytes of a version-1 frame header.
-FRAME_HEADER_SIZE = _HEADER.size
+FRAME_HEADER_SIZE: int = _HEADER.size
 
 
-class FrameHeader(tuple):
-    """Decoded depth frame header (a tuple with named fields)."""
+class FrameHeader(NamedTuple):
+    """Decoded depth frame header (a tuple with named fields, see ``docs/protocol.md``)."""
 
-    __slots__ = ()
-    _fields = ('codec', 'width', 'height', 'flags', 'sequence', 'timestamp_ns',
-               'device_timestamp', 'payload_size')
-
-    def __new__(cls, codec, width, height, flags, sequence, timestamp_ns,
-                device_timestamp, payload_size):
-        """Build a header from its fields (see ``docs/protocol.md``)."""
-        return tuple.__new__(cls, (codec, width, height, flags, sequence, timestamp_ns,
-                                   device_timestamp, payload_size))
-
-    codec = property(lambda self: self[0], doc='codec id of the payload')
-    width = property(lambda self: self[1], doc='frame width in pixels')
-    height = property(lambda self: self[2], doc='frame height in pixels')
-    flags = property(lambda self: self[3], doc='reserved flags, 0')
-    sequence = property(lambda self: self[4], doc='frame sequence number')
-    timestamp_ns = property(lambda self: self[5], doc='capture time, ns since the epoch')
-    device_timestamp = property(lambda self: self[6], doc='device clock, 0 when none')
-    payload_size = property(lambda self: self[7], doc='payload length in bytes')
+    #: codec id of the payload
+    codec: int
+    #: frame width in pixels
+    width: int
+    #: frame height in pixels
+    height: int
+    #: reserved flags, 0
+    flags: int
+    #: frame sequence number
+    sequence: int
+    #: capture time, ns since the epoch
+    timestamp_ns: int
+    #: device clock, 0 when none
+    device_timestamp: int
+    #: payload length in bytes
+    payload_size: int
 
 
-def pack_frame_header(header):
+_Message = TypeVar('_Message', bound='FrameMessage')
+
+
+def pack_frame_header(header: FrameHeader) -> bytes:
     """Return the bytes of a version-1 frame header for *header*."""
     return _HEADER.pack(FRAME_MAGIC, FRAME_VERSION, header.codec, FRAME_HEADER_SIZE,
                         header.width, header.height, header.flags,
@@ -165,7 +176,7 @@ def pack_frame_header(header):
                         header.device_timestamp & 0xFFFFFFFFFFFFFFFF, header.payload_size)
 
 
-def unpack_frame_header(buf, max_pixels):
+def unpack_frame_header(buf: BytesLike, max_pixels: int) -> FrameHeader:
     """Parse and validate a frame header from the bytes-like *buf*.
 
     *max_pixels* bounds ``width * height``: a header may not ask the receiver to
@@ -203,34 +214,36 @@ class FrameMessage(bytes):
     __slots__ = ()
 
     @classmethod
-    def build(cls, header, payload):
+    def build(cls: Type[_Message], header: FrameHeader, payload: BytesLike) -> _Message:
         """Return the message for *header* (a :py:class:`FrameHeader`) and *payload*.
 
         The header's ``payload_size`` is set from *payload*.
         """
-        payload = memoryview(payload).cast('B')
-        header = FrameHeader(*header[:-1], len(payload))
-        return cls(pack_frame_header(header) + payload)
+        view = memoryview(payload).cast('B')
+        header = FrameHeader._make(tuple(header[:7]) + (len(view),))
+        return cls(pack_frame_header(header) + view)
 
     @property
-    def header_size(self):
+    def header_size(self) -> int:
         """Return the length of the header in bytes."""
-        return _HEADER.unpack_from(self)[3]
+        size: int = _HEADER.unpack_from(self)[3]
+        return size
 
     @property
-    def header(self):
+    def header(self) -> FrameHeader:
         """Return the decoded :py:class:`FrameHeader`."""
         return unpack_frame_header(memoryview(self)[:self.header_size], 1 << 32)
 
     @property
-    def parts(self):
+    def parts(self) -> Tuple[memoryview, memoryview]:
         """Return ``(header, payload)`` as memoryviews: the two frames of the message."""
         view = memoryview(self)
         size = self.header_size
         return view[:size], view[size:]
 
 
-def decode_frame_message(frames, max_pixels):
+def decode_frame_message(frames: MessageParts,
+                         max_pixels: int) -> Tuple[FrameHeader, BytesLike]:
     """Validate a received frame message; return ``(FrameHeader, payload)``.
 
     *frames* are the parts of the ZeroMQ message (bytes, or ``zmq.Frame`` objects);

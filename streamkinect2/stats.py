@@ -8,11 +8,12 @@ import collections
 import math
 import threading
 import time
+from typing import Deque, Iterable, List, Optional, Tuple
 
 __all__ = ['SequenceGaps', 'Window', 'percentile']
 
 
-def percentile(values, fraction):
+def percentile(values: Iterable[float], fraction: float) -> float:
     """Return the *fraction* (0 to 1) percentile of *values* (nearest rank; NaN if none)."""
     ordered = sorted(values)
     if not ordered:
@@ -30,28 +31,30 @@ class Window(object):
     add while another reads.
     """
 
-    def __init__(self, period=10.0, max_samples=4096):
+    def __init__(self, period: float = 10.0, max_samples: int = 4096) -> None:
         """Keep samples of the last *period* s, *max_samples* at most."""
         if not period > 0:
             raise ValueError('period must be positive, got {0!r}'.format(period))
         self.period = float(period)
-        self._samples = collections.deque(maxlen=int(max_samples))
+        self._samples: Deque[Tuple[float, Optional[float]]] = collections.deque(
+            maxlen=int(max_samples))
         self._lock = threading.Lock()
         self._started = time.monotonic()
 
-    def add(self, value=None, now=None):
+    def add(self, value: Optional[float] = None, now: Optional[float] = None) -> None:
         """Record one event with *value* at monotonic time *now* (default: the time now)."""
         now = time.monotonic() if now is None else now
         with self._lock:
             self._samples.append((now, value))
 
-    def clear(self):
+    def clear(self) -> None:
         """Forget every sample; the rate counts from now."""
         with self._lock:
             self._samples.clear()
             self._started = time.monotonic()
 
-    def _recent(self, period, now):
+    def _recent(self, period: Optional[float], now: Optional[float]
+                ) -> Tuple[List[Tuple[float, Optional[float]]], float, float]:
         period = self.period if period is None else min(float(period), self.period)
         now = time.monotonic() if now is None else now
         with self._lock:
@@ -59,11 +62,11 @@ class Window(object):
             span = min(period, now - self._started)
         return samples, period, span
 
-    def count(self, period=None, now=None):
+    def count(self, period: Optional[float] = None, now: Optional[float] = None) -> int:
         """Return the number of events in the last *period* s (default: the window)."""
         return len(self._recent(period, now)[0])
 
-    def rate(self, period=None, now=None):
+    def rate(self, period: Optional[float] = None, now: Optional[float] = None) -> float:
         """Return events per second over the last *period* s (default: the window).
 
         Over a window that has not been open that long yet, the rate is over the time
@@ -75,11 +78,13 @@ class Window(object):
             return 0.0
         return len(samples) / min(period, span)
 
-    def values(self, period=None, now=None):
+    def values(self, period: Optional[float] = None,
+               now: Optional[float] = None) -> List[float]:
         """Return the values recorded in the last *period* s (None values left out)."""
         return [v for _, v in self._recent(period, now)[0] if v is not None]
 
-    def percentile(self, fraction, period=None, now=None):
+    def percentile(self, fraction: float, period: Optional[float] = None,
+                   now: Optional[float] = None) -> float:
         """Return the *fraction* percentile of the values of the last *period* s."""
         return percentile(self.values(period, now), fraction)
 
@@ -95,12 +100,15 @@ class SequenceGaps(object):
 
     __slots__ = ('missing', 'last')
 
-    def __init__(self):
+    missing: int
+    last: Optional[int]
+
+    def __init__(self) -> None:
         """Start with nothing seen."""
         self.missing = 0
         self.last = None
 
-    def add(self, sequence):
+    def add(self, sequence: int) -> int:
         """Account the frame numbered *sequence*; return the frames missing before it."""
         gap = 0
         if self.last is not None and sequence > self.last:
@@ -109,6 +117,6 @@ class SequenceGaps(object):
         self.last = sequence
         return gap
 
-    def reset(self):
+    def reset(self) -> None:
         """Forget the last number (the next one starts a new run)."""
         self.last = None
