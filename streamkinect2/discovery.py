@@ -19,7 +19,7 @@ import unicodedata
 from blinker import Signal
 from tornado.ioloop import IOLoop
 from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
-from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo
+from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from .common import send_isolated, ZC_SERVICE_TYPE
 
@@ -98,9 +98,14 @@ def _close_zeroconf_now(zeroconf):
     iteration) and cancel the periodic cache cleanup, which would otherwise keep the
     instance alive on the loop.
     """
-    zeroconf._close()  # done; no listener is served any more
-    engine = zeroconf.engine
-    engine._async_shutdown()
+    try:
+        zeroconf._close()  # done; no listener is served any more
+        engine = zeroconf.engine
+        engine._async_shutdown()
+    except AttributeError:  # a zeroconf whose internals differ (tested: 0.131-0.154)
+        log.debug('zeroconf internals differ: closing through AsyncZeroconf.async_close')
+        asyncio.ensure_future(AsyncZeroconf(zc=zeroconf).async_close())
+        return
     timer = getattr(engine, '_cleanup_timer', None)
     if timer is not None:
         timer.cancel()
