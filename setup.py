@@ -41,6 +41,10 @@ setup(
         'zeroconf>=0.131',
         'blinker>=1.6',
         'zstandard>=0.22',
+        # Colour: JPEG through libjpeg-turbo, and the 2 x 2 box mean of the qhd mode
+        # (chosen by measurement: bench/bench_streams.py).
+        'simplejpeg>=1.9',
+        'Pillow>=7',
     ],
     extras_require={
         'ros': ROS_WHEELS,

@@ -16,8 +16,10 @@ from typing import Any, Dict, Optional, Tuple, Type, TypeVar, Union
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ['DepthFrame', 'DeviceLifetime', 'as_depth_frame', 'DEPTH_WIDTH', 'DEPTH_HEIGHT',
-           'KINECT2_DEFAULT_DEPTH_CAMERA', 'INTRINSIC_KEYS', 'DepthData']
+__all__ = ['DepthFrame', 'IrFrame', 'ColorFrame', 'DeviceLifetime', 'as_depth_frame',
+           'streams_of', 'STREAMS', 'DEPTH_WIDTH', 'DEPTH_HEIGHT', 'COLOR_WIDTH',
+           'COLOR_HEIGHT', 'QHD_WIDTH', 'QHD_HEIGHT', 'KINECT2_DEFAULT_DEPTH_CAMERA',
+           'MOCK_CALIBRATION', 'INTRINSIC_KEYS', 'DepthData']
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,59 @@ KINECT2_DEFAULT_DEPTH_CAMERA: Dict[str, float] = {
     'fx': 365.456, 'fy': 365.456, 'cx': 254.878, 'cy': 205.395,
     'k1': 0.0905474, 'k2': -0.26819, 'k3': 0.0950862, 'p1': 0.0, 'p2': 0.0,
 }
+
+#: Width and height of a Kinect v2 colour frame (full HD), and of its half ("qhd").
+COLOR_WIDTH = 1920
+COLOR_HEIGHT = 1080
+QHD_WIDTH = 960
+QHD_HEIGHT = 540
+
+#: The streams a Kinect v2 offers, in the order they are listed: depth and IR come from
+#: one capture of the time-of-flight camera; colour from the other camera.
+STREAMS = ('depth', 'ir', 'color')
+
+#: The calibration of one real Kinect v2 (serial 504476242542), as iai_kinect2's
+#: calibration tool measured it (the sensor of the synchronised captures in
+#: ``shared/data/rgbd``): what the mock reports, so that its colour, IR and depth agree
+#: with each other as a real sensor's do. ``depth_camera`` and ``color_camera`` are
+#: intrinsics (pixels; plumb_bob k1, k2, k3, p1, p2); ``ir_to_color`` takes points from
+#: the IR (depth) camera's frame to the colour camera's: ``rotation`` (row-major 3 x 3)
+#: and ``translation`` (metres); ``depth_shift_mm`` is what iai_kinect2 adds to every
+#: depth of this sensor.
+MOCK_CALIBRATION: Dict[str, Any] = {
+    'depth_camera': {
+        'width': DEPTH_WIDTH, 'height': DEPTH_HEIGHT,
+        'fx': 378.41655563165887, 'fy': 383.19185607185238,
+        'cx': 253.66891565288495, 'cy': 190.05466139352319,
+        'k1': 0.10208314569573707, 'k2': -0.20310303005835004,
+        'p1': -0.011251726612173270, 'p2': 0.0036372169693193522,
+        'k3': -0.11137810763396604,
+    },
+    'color_camera': {
+        'width': COLOR_WIDTH, 'height': COLOR_HEIGHT,
+        'fx': 1067.4586432328520, 'fy': 1069.9125049102161,
+        'cx': 983.57081291721704, 'cy': 531.84671199465856,
+        'k1': 0.025501409985990094, 'k2': 0.038819256285229690,
+        'p1': 0.00092345753510083292, 'p2': -0.0019774788619851872,
+        'k3': -0.13117005680130259,
+    },
+    'ir_to_color': {
+        'rotation': [0.99994077229087008, -0.0022001837794224954, 0.010658850860912497,
+                     0.0027440565071297682, 0.99868041210963254, -0.051282595706733533,
+                     -0.010531954435150566, 0.051308806845135002, 0.99862729998528710],
+        'translation': [-0.052575448041434783, 0.0037233566365695511,
+                        -0.028112385927105611],
+    },
+    'depth_shift_mm': 25.494991387182466,
+}
+
+
+def streams_of(device: Any) -> Tuple[str, ...]:
+    """Return the streams *device* offers: its ``streams``, or ``('depth',)`` (reference API)."""
+    streams = getattr(device, 'streams', None)
+    if not streams:
+        return ('depth',)
+    return tuple(name for name in STREAMS if name in streams)
 
 
 class DepthFrame(object):
@@ -106,6 +161,92 @@ class DepthFrame(object):
         """Describe the frame briefly."""
         return '<DepthFrame {0}x{1} seq={2}>'.format(self.shape[0], self.shape[1],
                                                      self.sequence)
+
+
+class IrFrame(DepthFrame):
+    """A single frame of IR amplitude: 2-D uint16, the contract of :py:class:`DepthFrame`.
+
+    It comes from the same capture of the time-of-flight camera as the depth frame with
+    the same ``sequence`` and timestamps. Amplitude saturates at 65535.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        """Describe the frame briefly."""
+        return '<IrFrame {0}x{1} seq={2}>'.format(self.shape[0], self.shape[1],
+                                                  self.sequence)
+
+
+class ColorFrame(object):
+    """A single colour image, as JPEG bytes, as pixels, or both.
+
+    A device makes one from ``pixels``: an (height, width, 4) BGRX or (height, width, 3)
+    BGR uint8 array (or from the sensor's own JPEG, when it has it: ``jpeg``). A client
+    makes one from the ``jpeg`` bytes it received. ``data`` is the JPEG bytes if there
+    are any, else the pixels; :py:attr:`array` is the (height, width, 3) BGR pixels,
+    decoded from the JPEG the first time it is asked for, and only then (a client that
+    forwards JPEG never decodes). ``shape`` is (width, height). ``sequence``,
+    ``timestamp_ns``/``timestamp`` and ``device_timestamp`` as in :py:class:`DepthFrame`;
+    ``paired`` is True when they are those of the depth and IR capture this colour frame
+    was paired with (nearest in device time, within half a frame period).
+    """
+
+    __slots__ = ('jpeg', '_pixels', 'shape', 'sequence', 'timestamp_ns', 'device_timestamp',
+                 'paired')
+
+    def __init__(self, pixels: Any = None, jpeg: Optional[bytes] = None,
+                 shape: Optional[Tuple[int, int]] = None, sequence: int = 0,
+                 timestamp_ns: Optional[int] = None, device_timestamp: int = 0,
+                 paired: bool = False) -> None:
+        """Wrap *pixels* and/or *jpeg* (at least one; *shape* is needed with *jpeg* alone)."""
+        if pixels is None and jpeg is None:
+            raise ValueError('a colour frame needs pixels or JPEG bytes')
+        if pixels is not None:
+            pixels = np.asarray(pixels)
+            if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] not in (3, 4):
+                raise ValueError('colour pixels must be (height, width, 3 or 4) uint8, got '
+                                 '{0} {1}'.format(pixels.dtype, pixels.shape))
+            shape = (pixels.shape[1], pixels.shape[0])
+        elif shape is None:
+            raise ValueError('a colour frame of JPEG bytes alone needs its shape')
+        self.jpeg = jpeg
+        self._pixels = pixels
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.sequence = int(sequence)
+        self.timestamp_ns = time.time_ns() if timestamp_ns is None else int(timestamp_ns)
+        self.device_timestamp = int(device_timestamp)
+        self.paired = bool(paired)
+
+    @property
+    def data(self) -> Any:
+        """Return the JPEG bytes if there are any, else the pixels."""
+        return self.jpeg if self.jpeg is not None else self._pixels
+
+    @property
+    def pixels(self) -> Optional[npt.NDArray[np.uint8]]:
+        """Return the pixels as they were given or decoded (None before decoding)."""
+        return self._pixels
+
+    @property
+    def array(self) -> npt.NDArray[np.uint8]:
+        """Return the (height, width, 3) BGR pixels, decoding the JPEG the first time."""
+        if self._pixels is None:
+            import simplejpeg
+            assert self.jpeg is not None
+            self._pixels = simplejpeg.decode_jpeg(self.jpeg, colorspace='BGR')
+        pixels = self._pixels
+        return pixels[:, :, :3] if pixels.shape[2] == 4 else pixels
+
+    @property
+    def timestamp(self) -> float:
+        """Capture time in seconds since the UNIX epoch."""
+        return self.timestamp_ns * 1e-9
+
+    def __repr__(self) -> str:
+        """Describe the frame briefly."""
+        return '<ColorFrame {0}x{1} seq={2}{3}>'.format(
+            self.shape[0], self.shape[1], self.sequence, '' if self.paired else ' unpaired')
 
 
 def as_depth_frame(frame: Any, sequence: Optional[int] = None) -> DepthFrame:

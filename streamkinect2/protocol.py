@@ -14,7 +14,8 @@ __all__ = [
     'FRAME_VERSION', 'FRAME_HEADER_SIZE', 'FRAME_HEADER_FORMAT', 'pack_frame_header',
     'unpack_frame_header',
     'FrameMessage', 'decode_frame_message', 'CONTROL_MAX_MESSAGE_SIZE', 'MAX_CONTROL_BYTES',
-    'MAX_JSON_DEPTH', 'validate_me_payload', 'BytesLike', 'MessageParts',
+    'MAX_JSON_DEPTH', 'validate_me_payload', 'BytesLike', 'MessageParts', 'STREAM_IDS',
+    'FLAG_PAIRED', 'frame_flags', 'header_stream',
 ]
 
 #: Largest control message payload accepted, in bytes.
@@ -153,7 +154,7 @@ class FrameHeader(NamedTuple):
     width: int
     #: frame height in pixels
     height: int
-    #: reserved flags, 0
+    #: the stream (low byte, :py:data:`STREAM_IDS`) and :py:data:`FLAG_PAIRED`
     flags: int
     #: frame sequence number
     sequence: int
@@ -163,6 +164,30 @@ class FrameHeader(NamedTuple):
     device_timestamp: int
     #: payload length in bytes
     payload_size: int
+
+
+#: The stream a frame message carries, in the low byte of the header's ``flags``: every
+#: frame of a 2014-style depth-only peer (flags 0) is depth.
+STREAM_IDS: Dict[str, int] = {'depth': 0, 'ir': 1, 'color': 2}
+_STREAM_NAMES = {number: name for name, number in STREAM_IDS.items()}
+#: Header flag: a colour frame whose sequence and timestamps are those of the depth and
+#: IR capture it was paired with (nearest in device time, within half a frame period).
+FLAG_PAIRED = 0x100
+_KNOWN_FLAGS = 0xFF | FLAG_PAIRED
+
+
+def frame_flags(stream: str, paired: bool = False) -> int:
+    """Return the header ``flags`` of a frame of *stream* (``'depth'``, ``'ir'``, ``'color'``)."""
+    return STREAM_IDS[stream] | (FLAG_PAIRED if paired else 0)
+
+
+def header_stream(header: 'FrameHeader') -> str:
+    """Return the stream a frame header says it carries; ProtocolError if unknown."""
+    name = _STREAM_NAMES.get(header.flags & 0xFF)
+    if name is None or header.flags & ~_KNOWN_FLAGS:
+        raise ProtocolError('unknown stream or flags 0x{0:x} in the frame header'.format(
+            header.flags))
+    return name
 
 
 _Message = TypeVar('_Message', bound='FrameMessage')
