@@ -28,4 +28,4 @@ def test_client_drops_and_counts_every_malformed_depth_message():
     assert counts['valid delivered'] == counts['valid sent'] == 150
     assert counts['valid and byte-exact'] == 150
     # Bombs claim 10 and 200 MiB; nothing may allocate more than a few frames.
-    assert counts['peak traced MiB'] < 8
+    assert counts['peak RSS growth MiB'] < 32
