@@ -12,14 +12,13 @@ import time
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import numpy.typing as npt
 from tornado.ioloop import IOLoop
 
 from .client import FrameStats
 from .common import EndpointType
 from .connection import ServerConnection
-from .device import DepthFrame
-from .mock import FrameSource, MockKinect
+from .device import DepthFrame, STREAMS
+from .mock import MockKinect, Recording
 from .security import CurveClientConfig, CurveServerConfig, make_keypair
 from .server import Server, ServerBrowser
 
@@ -50,7 +49,8 @@ def _run(coro_fn: Callable[[argparse.Namespace, asyncio.Event], Awaitable[int]],
 # --- mock server --------------------------------------------------------------------
 
 def _mock_server_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description='Serve mock Kinect v2 depth devices.')
+    parser = argparse.ArgumentParser(
+        description='Serve mock Kinect v2 devices: depth, IR and colour.')
     parser.add_argument('--address', default=None,
                         help='IPv4 address to bind and announce on (default: the '
                              'interface with the default route)')
@@ -60,8 +60,13 @@ def _mock_server_parser() -> argparse.ArgumentParser:
     parser.add_argument('--devices', type=int, default=1, help='number of mock devices')
     parser.add_argument('--fps', type=float, default=30.0, help='frames per second')
     parser.add_argument('--replay', default=None, metavar='NPZ',
-                        help='replay recorded frames (an .npz with a "frames" array of '
-                             'N x H x W uint16) instead of the synthetic scene')
+                        help='replay recorded frames instead of the synthetic scene: an .npz '
+                             'with a "frames" array of N x H x W uint16 (depth only), or '
+                             'RGB-D with "depth", "ir" and "color" arrays (as '
+                             'kinect2_sync_rgbd.npz; greyscale colour is sent as BGRX)')
+    parser.add_argument('--streams', default=None, metavar='LIST',
+                        help='comma-separated streams to offer, among {0} (default: all '
+                             'there are; depth is always offered)'.format(','.join(STREAMS)))
     parser.add_argument('--no-announce', action='store_true',
                         help='do not announce over Zeroconf')
     parser.add_argument('--curve-secret', default=None, metavar='FILE',
@@ -74,17 +79,27 @@ def _mock_server_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _replay_source(path: str) -> FrameSource:
-    frames: npt.NDArray[np.uint16] = np.load(path)['frames']
-    if frames.ndim != 3 or frames.dtype != np.uint16 or not len(frames):
-        raise SystemExit('{0}: "frames" must be a non-empty N x H x W uint16 array'.format(
-            path))
-    return lambda sequence: frames[sequence % len(frames)]
+def _mock_devices(args: argparse.Namespace) -> List[MockKinect]:
+    """Return the mock devices *args* asks for (SystemExit saying why for bad options)."""
+    streams: Optional[Tuple[str, ...]] = None
+    if args.streams is not None:
+        names = [name.strip() for name in args.streams.split(',')]
+        streams = ('depth',) + tuple(name for name in names if name not in ('', 'depth'))
+    try:
+        if not args.replay:
+            return [MockKinect(fps=args.fps, streams=streams) for _ in range(args.devices)]
+        try:
+            recording = Recording.load(args.replay)  # once, shared by the devices
+        except Exception as err:  # noqa: B902 - missing, not a zip, not the layout: say so
+            raise SystemExit('--replay {0}: {1}'.format(args.replay, err)) from None
+        return [MockKinect.from_recording(recording, fps=args.fps, streams=streams)
+                for _ in range(args.devices)]
+    except ValueError as err:
+        raise SystemExit('error: {0}'.format(err)) from None
 
 
 async def _mock_server(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    source = _replay_source(args.replay) if args.replay else None
-    kinects = [MockKinect(fps=args.fps, frame_source=source) for _ in range(args.devices)]
+    kinects: List[MockKinect] = args.kinects
     curve = CurveServerConfig(args.curve_secret, args.curve_allow) if args.curve_secret \
         else None
     server = Server(address=args.address, name=args.name, announce=not args.no_announce,
@@ -108,6 +123,7 @@ def mock_server_main(argv: Optional[Sequence[str]] = None) -> int:
     """Run a server with mock devices until Ctrl-C."""
     args = _mock_server_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    args.kinects = _mock_devices(args)  # bad options end here, before anything runs
     return _run(_mock_server, args)
 
 
@@ -146,49 +162,64 @@ def list_main(argv: Optional[Sequence[str]] = None) -> int:
 # --- receive ------------------------------------------------------------------------
 
 class StreamMeter(object):
-    """Per-device frame rate, bandwidth, compression ratio and latency over intervals.
+    """Per-device, per-stream frame rate, bandwidth, compression ratio and latency.
 
-    The figures come from the client's per-device
-    :py:class:`~streamkinect2.client.FrameStats`: the counters' growth over the
-    interval, and the latency percentiles of its window.
+    The figures come from the client's :py:class:`~streamkinect2.client.FrameStats` of
+    each stream of each device (``stream_stats``): the counters' growth over the
+    interval, and the latency percentiles of its window. A device's depth line is always
+    there; IR and colour lines once those streams are enabled. For colour, the ratio is
+    that of the BGR pixels the JPEG decodes to and the latency is to the JPEG's arrival
+    (the receiver decodes nothing).
     """
 
     def __init__(self) -> None:
         """Start with no devices."""
-        # kinect id: (FrameStats, received, payload bytes, raw bytes)
-        self._marks: Dict[str, Tuple[FrameStats, int, int, int]] = {}
+        # (kinect id, stream): (FrameStats, received, payload bytes, raw bytes)
+        self._marks: Dict[Tuple[str, str], Tuple[FrameStats, int, int, int]] = {}
+        #: Frames delivered, of every stream.
         self.total_frames = 0
+        #: Frames delivered, by stream.
+        self.stream_frames: Dict[str, int] = dict.fromkeys(STREAMS, 0)
 
-    def add(self, client: Any, kinect_id: str, depth_frame: DepthFrame) -> None:
-        """Account one frame delivered (for the total)."""
+    def add(self, client: Any, kinect_id: str, depth_frame: Any,
+            stream: str = 'depth') -> None:
+        """Account one frame of *stream* delivered (for the totals)."""
         self.total_frames += 1
+        self.stream_frames[stream] = self.stream_frames.get(stream, 0) + 1
 
     def report(self, client: Any, elapsed: float) -> List[str]:
         """Return report lines for the interval of *elapsed* s and start a new one.
 
-        *client* is a Client or a ServerConnection (anything with ``stats``).
+        *client* is a Client or a ServerConnection (anything with ``stats``; with
+        ``stream_stats`` too, IR and colour are reported).
         """
         lines: List[str] = []
-        current: Dict[str, FrameStats] = dict(client.stats)
-        for kinect_id, stats in sorted(current.items()):
-            mark = self._marks.get(kinect_id)
+        current: Dict[Tuple[str, str], FrameStats] = {}
+        for kinect_id, depth_stats in sorted(dict(client.stats).items()):
+            current[(kinect_id, 'depth')] = depth_stats
+            for stream in STREAMS[1:] if hasattr(client, 'stream_stats') else ():
+                stats = client.stream_stats(kinect_id, stream)
+                if stats is not None:
+                    current[(kinect_id, stream)] = stats
+        for key, stats in current.items():
+            mark = self._marks.get(key)
             if mark is None or mark[0] is not stats:  # new device, or reconnected
                 mark = (stats, 0, 0, 0)
             frames = stats.received - mark[1]
             wire = stats.payload_bytes - mark[2]
             raw = stats.raw_bytes - mark[3]
             lines.append(
-                '{0}: {1:5.1f} frames/s  {2:6.1f} Mbit/s  ratio {3:4.2f}  latency p50 '
-                '{4:5.1f} ms p99 {5:5.1f} ms  dropped {6}  invalid {7}{8}'.format(
-                    kinect_id, frames / elapsed, wire * 8 / elapsed / 1e6,
+                '{0} {1}: {2:5.1f} frames/s  {3:6.1f} Mbit/s  ratio {4:4.2f}  latency p50 '
+                '{5:5.1f} ms p99 {6:5.1f} ms  dropped {7}  invalid {8}{9}'.format(
+                    key[0], key[1], frames / elapsed, wire * 8 / elapsed / 1e6,
                     raw / wire if wire else float('nan'),
                     stats.latency_percentile(0.5, elapsed) * 1000,
                     stats.latency_percentile(0.99, elapsed) * 1000, stats.dropped,
                     stats.invalid, '  STALLED' if stats.stalled else ''))
-            self._marks[kinect_id] = (stats, stats.received, stats.payload_bytes,
-                                      stats.raw_bytes)
-        for kinect_id in [k for k in self._marks if k not in current]:
-            del self._marks[kinect_id]
+            self._marks[key] = (stats, stats.received, stats.payload_bytes,
+                                stats.raw_bytes)
+        for key in [k for k in self._marks if k not in current]:
+            del self._marks[key]
         return lines
 
 
@@ -213,10 +244,15 @@ async def _receive(args: argparse.Namespace, stop: asyncio.Event) -> int:
 
     def on_add(connection: ServerConnection, kinect_id: str) -> None:
         print('device {0} added'.format(kinect_id), flush=True)
-        try:
-            connection.enable_depth_frames(kinect_id)
-        except ValueError as err:
-            print('not receiving from device {0}: {1}'.format(kinect_id, err), flush=True)
+        offered = connection.devices.get(kinect_id, {}).get('endpoints', {})
+        for stream in args.streams:
+            if args.all_streams and stream not in offered:
+                continue  # --streams all: what the device offers
+            try:
+                getattr(connection, 'enable_{0}_frames'.format(stream))(kinect_id)
+            except ValueError as err:
+                print('not receiving {0} from device {1}: {2}'.format(stream, kinect_id,
+                                                                      err), flush=True)
 
     def on_remove(connection: ServerConnection, kinect_id: str) -> None:
         print('device {0} removed'.format(kinect_id), flush=True)
@@ -230,11 +266,19 @@ async def _receive(args: argparse.Namespace, stop: asyncio.Event) -> int:
                                   MockKinect.render_frame(depth_frame.sequence)):
                 checked['mismatched'] += 1
 
+    def on_ir(connection: ServerConnection, ir_frame: Any, kinect_id: str) -> None:
+        meter.add(connection, kinect_id, ir_frame, 'ir')
+
+    def on_color(connection: ServerConnection, color_frame: Any, kinect_id: str) -> None:
+        meter.add(connection, kinect_id, color_frame, 'color')  # JPEG: never decoded
+
     for event, receiver in ((ServerConnection.on_connect, on_connect),
                             (ServerConnection.on_disconnect, on_disconnect),
                             (ServerConnection.on_add_kinect, on_add),
                             (ServerConnection.on_remove_kinect, on_remove),
-                            (ServerConnection.on_depth_frame, on_frame)):
+                            (ServerConnection.on_depth_frame, on_frame),
+                            (ServerConnection.on_ir_frame, on_ir),
+                            (ServerConnection.on_color_frame, on_color)):
         event.connect(receiver, connection, weak=False)
     found_any = False
     connection.start()
@@ -263,7 +307,9 @@ async def _receive(args: argparse.Namespace, stop: asyncio.Event) -> int:
     if not found_any:
         print('no server found within {0} s'.format(args.discovery_timeout), file=sys.stderr)
         return 1
-    print('received {0} frames'.format(meter.total_frames), flush=True)
+    print('received {0} frames{1}'.format(meter.total_frames, ''.join(
+        ' ({0}: {1})'.format(stream, meter.stream_frames[stream]) for stream in STREAMS
+        if stream in args.streams and len(args.streams) > 1)), flush=True)
     if args.check_mock:
         print('checked {0} frames against the mock: {1} mismatched'.format(
             checked['frames'], checked['mismatched']), flush=True)
@@ -274,8 +320,8 @@ async def _receive(args: argparse.Namespace, stop: asyncio.Event) -> int:
 
 def _receive_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description='Receive depth from a server and print per-device frame rate, '
-                    'bandwidth, compression ratio and latency.')
+        description='Receive depth (and IR, colour) from a server and print per-device, '
+                    'per-stream frame rate, bandwidth, compression ratio and latency.')
     parser.add_argument('endpoint', nargs='?', default=None,
                         help='control endpoint, e.g. tcp://10.0.0.2:5555 (default: '
                              'discover over Zeroconf)')
@@ -285,6 +331,10 @@ def _receive_parser() -> argparse.ArgumentParser:
                         help='IPv4 address of the interface to discover on (default: all)')
     parser.add_argument('--discovery-timeout', type=float, default=10.0)
     parser.add_argument('--interval', type=float, default=1.0, help='seconds per report')
+    parser.add_argument('--streams', default='depth', metavar='LIST',
+                        help='comma-separated streams to receive, among {0}, or "all" '
+                             '(every stream a device offers); default: depth'.format(
+                                 ','.join(STREAMS)))
     parser.add_argument('--check-mock', action='store_true',
                         help="check every frame byte for byte against the mock's frames")
     parser.add_argument('--curve-secret', default=None, metavar='FILE',
@@ -303,6 +353,14 @@ def receive_main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.curve_secret) != bool(args.curve_server_key):
         parser.error('--curve-secret and --curve-server-key go together')
+    args.all_streams = args.streams.strip() == 'all'
+    names = STREAMS if args.all_streams else tuple(
+        name.strip() for name in args.streams.split(',') if name.strip())
+    unknown = [name for name in names if name not in STREAMS]
+    if unknown or not names:
+        parser.error('--streams: {0!r} is not a list of {1} (or "all")'.format(
+            args.streams, ','.join(STREAMS)))
+    args.streams = tuple(name for name in STREAMS if name in names)
     _setup_logging(args.verbose)
     return _run(_receive, args)
 

@@ -22,7 +22,6 @@ from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from streamkinect2 import MockKinect  # noqa: E402
-from streamkinect2_ros.conversions import DEFAULT_DEPTH_INTRINSICS  # noqa: E402
 
 LOOPBACK = ros_helpers.LOOPBACK
 SERVER_YAML = os.path.join(ros_helpers.CONFIG, 'server.yaml')
@@ -111,7 +110,7 @@ def test_discovered_server_images_parameters_and_shutdown():
         assert info.header.frame_id == frame_id
         assert (info.width, info.height) == (512, 424)
         assert info.distortion_model == 'plumb_bob'
-        intr = DEFAULT_DEPTH_INTRINSICS
+        intr = MockKinect().depth_camera  # the mock's record: a real sensor's calibration
         assert list(info.k) == pytest.approx([intr['fx'], 0, intr['cx'],
                                               0, intr['fy'], intr['cy'], 0, 0, 1])
         assert list(info.d) == pytest.approx([intr['k1'], intr['k2'], intr['p1'],
