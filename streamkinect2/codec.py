@@ -328,22 +328,35 @@ def jpeg_size(payload: BytesLike) -> Tuple[int, int]:
     """
     import simplejpeg
     try:
-        height, width, _, _ = simplejpeg.decode_jpeg_header(bytes(payload))
+        height, width, _, _ = simplejpeg.decode_jpeg_header(
+            payload if isinstance(payload, bytes) else bytes(payload))
     except Exception as e:  # noqa: B902 - ValueError and whatever else: not a JPEG
         raise CodecError('not a JPEG: {0}'.format(e)) from e
     return int(width), int(height)
 
 
-def check_jpeg(payload: BytesLike, width: int, height: int) -> None:
-    """Raise :py:class:`CodecError` unless *payload* is a JPEG of *width* x *height*.
+#: A JPEG must have its end-of-image marker within its last this many bytes (else it
+#: was cut short): room for the padding a sensor's own JPEG may carry.
+JPEG_TAIL_BYTES = 64
 
-    Only the header is read: a receiver checks what it will decode before decoding it,
-    as a forged header may claim any size.
+
+def check_jpeg(payload: BytesLike, width: int, height: int) -> None:
+    """Raise :py:class:`CodecError` unless *payload* is a whole JPEG of *width* x *height*.
+
+    Nothing is decoded (a few microseconds): a receiver checks what it will decode before
+    decoding it, as a forged header may claim any size. Whole: past the header lies
+    entropy-coded data, where 0xFF is always followed by 0x00 or a restart marker, so an
+    end-of-image marker (FF D9) within the last :py:data:`JPEG_TAIL_BYTES` means nothing
+    was cut off. Damaged data between a good header and end is only found by decoding.
     """
-    size = jpeg_size(payload)
+    data = payload if isinstance(payload, bytes) else bytes(payload)
+    size = jpeg_size(data)
     if size != (width, height):
         raise CodecError('JPEG is {0}x{1}, the frame header says {2}x{3}'.format(
             size[0], size[1], width, height))
+    if data.rfind(b'\xff\xd9', max(0, len(data) - JPEG_TAIL_BYTES)) < 0:
+        raise CodecError('JPEG of {0} bytes has no end-of-image marker: truncated'.format(
+            len(data)))
 
 
 def halve_bgrx(pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:

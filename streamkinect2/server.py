@@ -1,4 +1,4 @@
-"""Server: stream Kinect2 depth to clients (``ServerBrowser`` lives in discovery)."""
+"""Server: stream Kinect2 depth, IR and colour to clients (``ServerBrowser``: discovery)."""
 import collections
 import ipaddress
 import logging
@@ -23,7 +23,8 @@ from zmq.utils.monitor import parse_monitor_message
 
 from .codec import CODEC_NAMES
 from .common import EndpointType, PROTOCOL_VERSION, ProtocolError, ZC_SERVICE_TYPE
-from .compress import DepthFrameCompressor
+from .compress import check_color_options, DepthFrameCompressor, FrameCompressor
+from .device import STREAMS, streams_of
 from .discovery import ServerBrowser, ServerInfo
 from .protocol import (CONTROL_MAX_MESSAGE_SIZE, decode_control, encode_control,
                        FrameMessage, MessageParts, MessageType)
@@ -54,12 +55,13 @@ MAX_NAME_BYTES: int = 60
 STALL_SECONDS: float = 2.0
 #: Health levels of :py:meth:`Server.device_health`.
 HEALTH_OK, HEALTH_WARN, HEALTH_ERROR = 'OK', 'WARN', 'ERROR'
+_LEVEL_RANK = {HEALTH_OK: 0, HEALTH_WARN: 1, HEALTH_ERROR: 2}
 #: The bind address meaning every interface.
 ANY_ADDRESS: str = '0.0.0.0'
 
 
-class DeviceStats(TypedDict):
-    """A device's counters, as :py:meth:`Server.device_stats` returns them."""
+class StreamStats(TypedDict):
+    """One stream's counters, in :py:meth:`Server.device_stats`."""
 
     frames_in: int
     frames_out: int
@@ -67,6 +69,26 @@ class DeviceStats(TypedDict):
     frames_failed: int
     subscribers_cut: int
     seconds_since_frame: float
+    #: colour only (0 for depth and IR): frames sent with a depth capture's stamps
+    frames_paired: int
+    #: colour only: frames sent with their own stamps, no depth capture near enough
+    frames_unpaired: int
+
+
+class DeviceStats(TypedDict):
+    """A device's counters, as :py:meth:`Server.device_stats` returns them.
+
+    The top-level counters are the depth stream's (as before there were other streams);
+    ``streams`` has every stream's, depth included, by stream name.
+    """
+
+    frames_in: int
+    frames_out: int
+    frames_dropped: int
+    frames_failed: int
+    subscribers_cut: int
+    seconds_since_frame: float
+    streams: Dict[str, StreamStats]
 
 
 def default_address() -> str:
@@ -131,8 +153,8 @@ def _run_off_loop(func: Callable[[], None], timeout: float = 10.0) -> None:
         log.warning('Zeroconf shutdown did not finish within %.0f s', timeout)
 
 
-class _DepthSocket(object):
-    """A device's depth socket: an XPUB serving the subscribe-all, cutting off floods.
+class _StreamSocket(object):
+    """A device's socket of one stream: an XPUB serving the subscribe-all, cutting floods.
 
     The protocol knows one subscription, the empty prefix (everything). libzmq keeps
     every prefix a peer subscribes to, without limit, in a trie that costs some fifty
@@ -149,12 +171,17 @@ class _DepthSocket(object):
     than subscriptions to everything and unsubscriptions.
     """
 
-    def __init__(self, sock: zmq.Socket[Any], io_loop: IOLoop, name: str) -> None:
+    def __init__(self, sock: zmq.Socket[Any], io_loop: IOLoop, name: str,
+                 stream: str = 'depth') -> None:
         """Serve *sock*, a new XPUB socket, on *io_loop*; *name* names it in the log."""
         self.socket = sock
+        self.stream = stream
         self.port: Optional[int] = None
         self.peers_cut = 0
         self.hostile_messages = 0
+        #: Called with True when the first peer subscribes to everything, False when the
+        #: last one leaves (set by the server, to compress a stream only while wanted).
+        self.on_wanted: Optional[Callable[[bool], None]] = None
         self._name = name
         self._io_loop = io_loop
         # libzmq's descriptor -> (peer address, peer port)
@@ -238,7 +265,11 @@ class _DepthSocket(object):
     def _inspect(self, frames: Sequence[zmq.Frame]) -> None:
         if len(frames) == 1 and (frames[0].bytes == b'\x01' or frames[0].bytes[:1] == b'\x00'):
             # Subscribing to everything is the protocol; unsubscribing only frees memory
-            # (libzmq also reports the prefixes a departed peer leaves behind).
+            # (libzmq also reports the prefixes a departed peer leaves behind). An XPUB
+            # passes on the first subscription to everything and the last one to leave:
+            # whether anybody wants this stream.
+            if frames[0].bytes in (b'\x01', b'\x00') and self.on_wanted is not None:
+                self.on_wanted(frames[0].bytes == b'\x01')
             return
         self.hostile_messages += 1
         self._hostile_since_cut += 1
@@ -275,9 +306,10 @@ class _DepthSocket(object):
             now = time.monotonic()
             if now >= self._next_warning:  # a flood reconnects: one line per 10 s
                 self._next_warning = now + 10.0
-                log.warning('Depth endpoint of %s: cut off subscriber %s:%d, which sent %s '
+                log.warning('%s endpoint of %s: cut off subscriber %s:%d, which sent %s '
                             'bytes of subscriptions (a client sends under 1 KiB in all); '
-                            '%d cut off so far', self._name, peer[0], peer[1],
+                            '%d cut off so far', self.stream.capitalize(), self._name,
+                            peer[0], peer[1],
                             'too many' if received is None else received, self.peers_cut)
 
     # Connections, from the socket monitor.
@@ -311,6 +343,10 @@ class _DepthSocket(object):
                     self._peers[fd] = conn.getpeername()[:2]
             except OSError:
                 pass
+
+
+#: The name the depth socket had before there were other streams.
+_DepthSocket = _StreamSocket
 
 
 def _peer_address(frame: zmq.Frame) -> Optional[str]:
@@ -377,6 +413,20 @@ def _check_name(name: object) -> str:
     return name
 
 
+def _check_streams(streams: Optional[Sequence[str]]) -> Optional[Tuple[str, ...]]:
+    """Return *streams* as a tuple in STREAMS order (None: all), else raise ValueError."""
+    if streams is None:
+        return None
+    if isinstance(streams, str):
+        raise ValueError('streams must be a list of stream names, got {0!r}'.format(streams))
+    listed = list(streams)
+    unknown = [name for name in listed if name not in STREAMS]
+    if unknown or not listed:
+        raise ValueError('streams must be a non-empty list of {0}, got {1!r}'.format(
+            ', '.join(STREAMS), listed))
+    return tuple(name for name in STREAMS if name in listed)
+
+
 def _check_port(port: object) -> int:
     """Return *port* as an int (0 for None: any free port), else raise ValueError."""
     if port is None:
@@ -415,17 +465,40 @@ def _local_address_toward(peer: str) -> Optional[str]:
 
 
 class _Device(object):
-    __slots__ = ('kinect', 'depth', 'port', 'compressor', 'health', 'counts')
+    """A device served: per stream offered, a socket, its port and a compressor."""
 
-    def __init__(self, kinect: Any) -> None:
+    __slots__ = ('kinect', 'streams', 'sockets', 'ports', 'compressors', 'health',
+                 'stream_health', 'counts')
+
+    def __init__(self, kinect: Any, served: Optional[Tuple[str, ...]] = None) -> None:
         self.kinect = kinect
-        self.depth: Optional[_DepthSocket] = None
-        self.port: Optional[int] = None
-        self.compressor: Optional[DepthFrameCompressor] = None
+        #: the streams the device offers and the server serves, depth first
+        self.streams: Tuple[str, ...] = tuple(
+            stream for stream in streams_of(kinect) if served is None or stream in served)
+        self.sockets: Dict[str, _StreamSocket] = {}
+        self.ports: Dict[str, int] = {}
+        self.compressors: Dict[str, FrameCompressor] = {}
         # (level, kind, message): kind tells a change of state from a new message
         self.health: Tuple[str, str, str] = (HEALTH_OK, 'starting', 'not started')
-        # frames_in, frames_dropped, frames_failed, peers cut, at the last health check
-        self.counts: Tuple[int, int, int, int] = (0, 0, 0, 0)
+        self.stream_health: Dict[str, Tuple[str, str, str]] = {}
+        # per stream: frames_in, frames_dropped, frames_failed, peers cut, at the last
+        # health check
+        self.counts: Dict[str, Tuple[int, int, int, int]] = {}
+
+    @property
+    def depth(self) -> Optional[_StreamSocket]:
+        """Return the depth socket (None while closed)."""
+        return self.sockets.get('depth')
+
+    @property
+    def port(self) -> Optional[int]:
+        """Return the port of the depth socket (None while closed)."""
+        return self.ports.get('depth')
+
+    @property
+    def compressor(self) -> Optional[FrameCompressor]:
+        """Return the compressor of the depth stream, None while closed."""
+        return self.compressors.get('depth')
 
 
 class Server(object):
@@ -450,19 +523,31 @@ class Server(object):
     *curve*, a :py:class:`~streamkinect2.security.CurveServerConfig`, turns on CURVE
     encryption and client authentication for every socket (default: off).
 
+    Streams: each device is served on one endpoint per stream it offers (its
+    ``streams``, see :py:func:`~streamkinect2.device.streams_of`; depth alone for a
+    device without). Depth and IR go lossless with *codec*; colour as JPEG of
+    *color_quality* (1 to 100; None: 90 for ``'hd'``, 75 for ``'qhd'``) at
+    *color_resolution*, ``'hd'`` (as captured, 1920 x 1080) or ``'qhd'`` (halved, 960 x
+    540). A device that hands out its sensor's own JPEG has it forwarded untouched.
+    *streams* (a list of stream names) limits the streams served to those listed, of
+    those each device offers (default: all; ValueError for an unknown name).
+    Colour frames take the sequence and capture time of the nearest depth capture
+    (:py:mod:`~streamkinect2.pairing`).
+
     Arguments are checked here; a :py:meth:`start` that fails (a port taken, a device
     that will not open, Zeroconf) raises and leaves nothing behind: no socket, thread or
     context, ``is_running`` False.
 
     ``address``: the address bound to. ``endpoints``: dict of zeromq endpoints keyed by
-    :py:class:`~streamkinect2.common.EndpointType` (per-device depth endpoints are in
-    the ``me`` reply), with a reachable address. ``is_running``: True while running.
+    :py:class:`~streamkinect2.common.EndpointType` (per-device stream endpoints are in
+    the ``me`` reply and :py:meth:`device_endpoint`), with a reachable address.
+    ``is_running``: True while running.
 
     Health: every ``health_period`` seconds (default 1; set it before :py:meth:`start`)
     the server looks at each device and logs a warning or an error when a stream stops
     or degrades (a device not running or silent, frames failing to compress or dropped,
-    flooding subscribers cut off) and an info line when it streams again;
-    :py:meth:`device_health` tells the current state.
+    flooding subscribers cut off), stream by stream, and an info line when it streams
+    again; :py:meth:`device_health` tells the current state.
     """
 
     #: Seconds between two looks at the devices' health.
@@ -472,7 +557,9 @@ class Server(object):
                  name: Optional[str] = None, zmq_ctx: Optional[zmq.Context[Any]] = None,
                  io_loop: Optional[IOLoop] = None, announce: bool = True,
                  control_port: Optional[int] = None, codec: Optional[int] = None,
-                 curve: Optional[CurveServerConfig] = None) -> None:
+                 curve: Optional[CurveServerConfig] = None,
+                 color_quality: Optional[int] = None, color_resolution: str = 'hd',
+                 streams: Optional[Sequence[str]] = None) -> None:
         """Create a server (arguments checked); it starts serving on :py:meth:`start`."""
         self.address: str = (_check_ipv4(address) if address is not None
                              else default_address())
@@ -484,6 +571,10 @@ class Server(object):
             raise ValueError('codec must be one of {0}, got {1!r}'.format(
                 sorted(CODEC_NAMES), codec))
         self.codec: Optional[int] = codec
+        self.color_quality, self.color_resolution = check_color_options(color_quality,
+                                                                        color_resolution)
+        #: The streams served of those a device offers (None: all of them).
+        self.streams: Optional[Tuple[str, ...]] = _check_streams(streams)
         self.endpoints: Dict[EndpointType, str] = {}
         self.is_running = False
         self._curve = curve
@@ -517,7 +608,10 @@ class Server(object):
         kinect_id = kinect.unique_kinect_id
         if kinect_id in self._devices:
             raise ValueError('a kinect with id {0!r} is already added'.format(kinect_id))
-        device = _Device(kinect)
+        device = _Device(kinect, self.streams)
+        if not device.streams:
+            log.warning('Device %s offers none of the streams served (%s): nothing to send',
+                        kinect_id, ', '.join(self.streams or ()))
         if self.is_running:
             self._open_device(device)  # raises, and leaves nothing, if it cannot open
         self._devices[kinect_id] = device
@@ -530,9 +624,13 @@ class Server(object):
                 kinect.unique_kinect_id))
         self._close_device(device)
 
-    def device_endpoint(self, kinect_id: str) -> Optional[str]:
-        """Return the depth endpoint of the device *kinect_id* (None while stopped)."""
-        return self._depth_endpoint(self._devices[kinect_id], self._public_address)
+    def device_endpoint(self, kinect_id: str, stream: str = 'depth') -> Optional[str]:
+        """Return the endpoint of a device's *stream* (None while stopped or not offered)."""
+        return self._stream_endpoint(self._devices[kinect_id], stream, self._public_address)
+
+    def device_streams(self, kinect_id: str) -> Tuple[str, ...]:
+        """Return the streams the device *kinect_id* is served with."""
+        return self._devices[kinect_id].streams
 
     def device_stats(self, kinect_id: str) -> DeviceStats:
         """Return a device's counters.
@@ -540,26 +638,51 @@ class Server(object):
         ``frames_in`` (from the device), ``frames_out`` (compressed and sent),
         ``frames_dropped`` (the compressor was busy), ``frames_failed`` (could not be
         compressed), ``subscribers_cut`` (flooding peers cut off),
-        ``seconds_since_frame``.
+        ``seconds_since_frame``: those of the depth stream. ``streams``: the same for
+        each stream by name, with ``frames_paired`` and ``frames_unpaired`` (colour
+        frames sent with a depth capture's stamps, or their own).
         """
         device = self._devices[kinect_id]
-        compressor = device.compressor
-        cut = device.depth.peers_cut if device.depth else 0
+        streams = {stream: self._stream_stats(device, stream) for stream in device.streams}
+        depth = streams.get('depth') or self._stream_stats(device, 'depth')
+        return {'frames_in': depth['frames_in'], 'frames_out': depth['frames_out'],
+                'frames_dropped': depth['frames_dropped'],
+                'frames_failed': depth['frames_failed'],
+                'subscribers_cut': depth['subscribers_cut'],
+                'seconds_since_frame': depth['seconds_since_frame'], 'streams': streams}
+
+    @staticmethod
+    def _stream_stats(device: _Device, stream: str) -> StreamStats:
+        compressor = device.compressors.get(stream)
+        sock = device.sockets.get(stream)
+        cut = sock.peers_cut if sock is not None else 0
         if compressor is None:
             return {'frames_in': 0, 'frames_out': 0, 'frames_dropped': 0, 'frames_failed': 0,
-                    'subscribers_cut': cut, 'seconds_since_frame': 0.0}
+                    'subscribers_cut': cut, 'seconds_since_frame': 0.0, 'frames_paired': 0,
+                    'frames_unpaired': 0}
         return {'frames_in': compressor.frames_in, 'frames_out': compressor.frames_out,
                 'frames_dropped': compressor.frames_dropped,
                 'frames_failed': compressor.frames_failed, 'subscribers_cut': cut,
-                'seconds_since_frame': round(compressor.seconds_since_frame(), 3)}
+                'seconds_since_frame': round(compressor.seconds_since_frame(), 3),
+                'frames_paired': compressor.frames_paired,
+                'frames_unpaired': compressor.frames_unpaired}
 
-    def device_health(self, kinect_id: str) -> Tuple[str, str]:
+    def device_health(self, kinect_id: str, stream: Optional[str] = None) -> Tuple[str, str]:
         """Return ``(level, message)`` for a device, as of the last health check.
 
         *level* is ``'OK'``, ``'WARN'`` or ``'ERROR'``; *message* says what is wrong, or
-        ``'streaming'``.
+        ``'streaming'``. Without *stream*, the device's: its worst stream (depth first
+        among equals; another stream's message starts with its name); with it, that
+        stream's.
         """
-        level, _kind, message = self._devices[kinect_id].health
+        device = self._devices[kinect_id]
+        if stream is None:
+            level, _kind, message = device.health
+        else:
+            if stream not in device.streams:
+                raise ValueError('device {0!r} does not offer stream {1!r}'.format(
+                    kinect_id, stream))
+            level, _kind, message = device.stream_health.get(stream, device.health)
         return level, message
 
     def _socket(self, socket_type: int) -> zmq.Socket[Any]:
@@ -570,48 +693,65 @@ class Server(object):
 
     def _open_device(self, device: _Device) -> None:
         kinect_id = device.kinect.unique_kinect_id
-        sock = self._socket(zmq.XPUB)
-        depth = None
         try:
-            depth = _DepthSocket(sock, self._io_loop, kinect_id)
-            port = depth.bind(self.address)
-            compressor = DepthFrameCompressor(device.kinect, io_loop=self._io_loop,
-                                              codec=self.codec)
+            for stream in device.streams:
+                sock = self._socket(zmq.XPUB)
+                try:
+                    stream_socket = _StreamSocket(sock, self._io_loop, kinect_id, stream)
+                except BaseException:
+                    sock.close(linger=0)
+                    raise
+                device.sockets[stream] = stream_socket
+                device.ports[stream] = stream_socket.bind(self.address)
+            for stream in device.streams:
+                compressor: FrameCompressor
+                if stream == 'depth':  # its own signal, as in the reference API
+                    compressor = DepthFrameCompressor(device.kinect, io_loop=self._io_loop,
+                                                      codec=self.codec)
+                else:  # compressed only while somebody subscribes (colour costs a core)
+                    compressor = FrameCompressor(
+                        device.kinect, stream, io_loop=self._io_loop, codec=self.codec,
+                        color_quality=self.color_quality,
+                        color_resolution=self.color_resolution, active=False)
+                    device.sockets[stream].on_wanted = compressor.set_active
+                device.compressors[stream] = compressor
+                compressor.on_compressed_frame.connect(self._send_frame, sender=compressor)
         except BaseException:
-            if depth is not None:
-                depth.close()
-            else:
-                sock.close(linger=0)
+            self._close_device(device)
             raise
-        device.depth, device.port, device.compressor = depth, port, compressor
         device.health = (HEALTH_OK, 'starting', 'waiting for the first frame')
-        device.counts = (0, 0, 0, 0)
-        compressor.on_compressed_frame.connect(self._send_frame, sender=compressor)
-        log.info('Device %s streams depth on %s', kinect_id,
-                 self._depth_endpoint(device, self._public_address))
+        device.stream_health = {stream: device.health for stream in device.streams}
+        device.counts = {stream: (0, 0, 0, 0) for stream in device.streams}
+        for stream in device.streams:
+            log.info('Device %s streams %s on %s', kinect_id, stream,
+                     self._stream_endpoint(device, stream, self._public_address))
 
     def _close_device(self, device: _Device) -> None:
-        if device.compressor is not None:
-            device.compressor.on_compressed_frame.disconnect(self._send_frame,
-                                                             sender=device.compressor)
-            device.compressor.close()
-            device.compressor = None
-        if device.depth is not None:
-            device.depth.close()
-            device.depth = None
-        device.port = None
+        for compressor in device.compressors.values():
+            compressor.on_compressed_frame.disconnect(self._send_frame, sender=compressor)
+            compressor.close()
+        device.compressors.clear()
+        for stream_socket in device.sockets.values():
+            stream_socket.close()
+        device.sockets.clear()
+        device.ports.clear()
 
-    def _send_frame(self, compressor: DepthFrameCompressor,
+    def _send_frame(self, compressor: FrameCompressor,
                     compressed_frame: Optional[FrameMessage] = None) -> None:
         device = self._devices.get(compressor.kinect.unique_kinect_id)
-        if device is None or device.depth is None or compressed_frame is None:
+        if device is None or compressed_frame is None:
             return
-        device.depth.send(compressed_frame.parts)
+        stream_socket = device.sockets.get(compressor.stream)
+        if stream_socket is not None:
+            stream_socket.send(compressed_frame.parts)
 
-    def _depth_endpoint(self, device: _Device, address: Optional[str]) -> Optional[str]:
-        if device.port is None:
+    @staticmethod
+    def _stream_endpoint(device: _Device, stream: str,
+                         address: Optional[str]) -> Optional[str]:
+        port = device.ports.get(stream)
+        if port is None:
             return None
-        return 'tcp://{0}:{1}'.format(address, device.port)
+        return 'tcp://{0}:{1}'.format(address, port)
 
     # --- health ----------------------------------------------------------------------
 
@@ -624,48 +764,69 @@ class Server(object):
                 log.exception('Health check of device %s failed', kinect_id)
 
     def _update_health(self, kinect_id: str, device: _Device) -> None:
-        compressor = device.compressor
-        if compressor is None:
+        if not device.compressors:
             return
-        counts = (compressor.frames_in, compressor.frames_dropped, compressor.frames_failed,
-                  device.depth.peers_cut if device.depth else 0)
-        frames, dropped, failed, cut = [now - before for now, before in zip(
-            counts, device.counts)]
-        device.counts = counts
         fps = getattr(device.kinect, 'fps', None)
         stall = STALL_SECONDS
         if isinstance(fps, (int, float)) and fps > 0:
             stall = max(stall, 3.0 / fps)
-        idle = compressor.seconds_since_frame()
-        health: Tuple[str, str, str]
-        if not getattr(device.kinect, 'is_running', True):
-            health = (HEALTH_ERROR, 'stopped', 'device not running: no frames')
-        elif not compressor.is_alive:
-            health = (HEALTH_ERROR, 'compressor', 'compressor stopped: no frames sent')
-        elif idle > stall:
-            health = (HEALTH_ERROR, 'silent', 'no depth frame for {0:.1f} s'.format(idle))
-        elif failed:
-            health = (HEALTH_ERROR if failed >= frames else HEALTH_WARN, 'failing',
-                      '{0} of {1} frames failed to compress: {2}'.format(
-                          failed, frames, compressor.last_error))
-        elif dropped:
-            health = (HEALTH_WARN, 'dropping', 'dropped {0} of {1} frames: compressor '
-                      'overloaded'.format(dropped, frames))
-        elif cut:
-            health = (HEALTH_WARN, 'flood', 'cut off {0} flooding subscriber(s)'.format(cut))
-        elif device.health[1] == 'starting' and not compressor.frames_in:
-            health = device.health
-        else:
-            health = (HEALTH_OK, 'streaming', 'streaming')
-        previous, device.health = device.health, health
-        if health[:2] == previous[:2]:
+        running = getattr(device.kinect, 'is_running', True)
+        worst: Optional[Tuple[str, str, str]] = None
+        for stream in device.streams:
+            compressor = device.compressors.get(stream)
+            if compressor is None:
+                continue
+            health = self._stream_health(device, stream, compressor, stall, running)
+            device.stream_health[stream] = health
+            if stream != 'depth' and health[0] != HEALTH_OK:
+                health = (health[0], '{0} {1}'.format(stream, health[1]),
+                          '{0}: {1}'.format(stream, health[2]))
+            if worst is None or _LEVEL_RANK[health[0]] > _LEVEL_RANK[worst[0]]:
+                worst = health
+        if worst is None:  # not reached: there is a compressor
             return
-        if health[0] == HEALTH_ERROR:
-            log.error('Device %s: %s', kinect_id, health[2])
-        elif health[0] == HEALTH_WARN:
-            log.warning('Device %s: %s', kinect_id, health[2])
+        previous, device.health = device.health, worst
+        if worst[:2] == previous[:2]:
+            return
+        if worst[0] == HEALTH_ERROR:
+            log.error('Device %s: %s', kinect_id, worst[2])
+        elif worst[0] == HEALTH_WARN:
+            log.warning('Device %s: %s', kinect_id, worst[2])
         elif previous[0] != HEALTH_OK:
             log.info('Device %s: streaming again', kinect_id)
+
+    @staticmethod
+    def _stream_health(device: _Device, stream: str, compressor: FrameCompressor,
+                       stall: float, running: Any) -> Tuple[str, str, str]:
+        """Return the (level, kind, message) of one stream since the last check."""
+        sock = device.sockets.get(stream)
+        counts = (compressor.frames_in, compressor.frames_dropped, compressor.frames_failed,
+                  sock.peers_cut if sock is not None else 0)
+        frames, dropped, failed, cut = [now - before for now, before in zip(
+            counts, device.counts.get(stream, (0, 0, 0, 0)))]
+        device.counts[stream] = counts
+        idle = compressor.seconds_since_frame()
+        previous = device.stream_health.get(stream, device.health)
+        if not running:
+            return (HEALTH_ERROR, 'stopped', 'device not running: no frames')
+        if not compressor.is_alive:
+            return (HEALTH_ERROR, 'compressor', 'compressor stopped: no frames sent')
+        if not compressor.active:
+            return (HEALTH_OK, 'idle', 'no subscriber: not compressed')
+        if idle > stall:
+            return (HEALTH_ERROR, 'silent', 'no {0} frame for {1:.1f} s'.format(stream, idle))
+        if failed:
+            return (HEALTH_ERROR if failed >= frames else HEALTH_WARN, 'failing',
+                    '{0} of {1} frames failed to compress: {2}'.format(
+                        failed, frames, compressor.last_error))
+        if dropped:
+            return (HEALTH_WARN, 'dropping', 'dropped {0} of {1} frames: compressor '
+                    'overloaded'.format(dropped, frames))
+        if cut:
+            return (HEALTH_WARN, 'flood', 'cut off {0} flooding subscriber(s)'.format(cut))
+        if previous[1] == 'starting' and not compressor.frames_in:
+            return previous
+        return (HEALTH_OK, 'streaming', 'streaming')
 
     # --- lifetime --------------------------------------------------------------------
 
@@ -851,11 +1012,15 @@ class Server(object):
             address = _local_address_toward(peer_address) or address
         devices: List[Dict[str, Any]] = []
         for kinect_id, device in self._devices.items():
-            record: Dict[str, Any] = {
-                'id': kinect_id, 'endpoints': {'depth': self._depth_endpoint(device, address)}}
-            camera = getattr(device.kinect, 'depth_camera', None)
-            if camera:
-                record['depth_camera'] = dict(camera)
+            record: Dict[str, Any] = {'id': kinect_id, 'endpoints': {
+                stream: self._stream_endpoint(device, stream, address)
+                for stream in device.streams}}
+            if getattr(device.kinect, 'streams', None):
+                record['streams'] = list(device.streams)
+            for key in ('depth_camera', 'color_camera', 'ir_to_color'):
+                value = getattr(device.kinect, key, None)
+                if value:
+                    record[key] = dict(value)
             devices.append(record)
         control = self.endpoints.get(EndpointType.control)
         if control is not None:

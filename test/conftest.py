@@ -7,14 +7,22 @@ import threading
 import time
 
 import pytest
+import zmq.utils.garbage
 
 # Keep any ROS 2 traffic of the tests on this machine, in a domain of our own.
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 os.environ.setdefault('ROS_DOMAIN_ID', str(1 + os.getpid() % 100))
 
 LOOPBACK = '127.0.0.1'
+
 #: The stand-in pylibfreenect2 (test/standin): what needs a sensor (frames, unplugging).
 STANDIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'standin')
+
+
+# pyzmq sends large buffers without copying through one garbage-collector thread per
+# process, started on first use and kept until exit: start it now, so that it is never
+# counted as a thread a test left running.
+zmq.utils.garbage.gc.start()
 
 
 def run_async(coro, timeout=60.0):

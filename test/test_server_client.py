@@ -223,9 +223,14 @@ def test_malformed_control_messages_get_an_error_and_the_server_serves_on(frames
                 me = json.loads(reply[1].decode('utf8'))
                 assert me['version'] == 1 and me['name'] == server.name
                 assert me['endpoints'] == {'control': control_endpoint(server)}
-                assert me['devices'] == [{'id': kinect.unique_kinect_id, 'endpoints': {
-                    'depth': server.device_endpoint(kinect.unique_kinect_id)},
-                    'depth_camera': kinect.depth_camera}]
+                kinect_id = kinect.unique_kinect_id
+                assert me['devices'] == [{'id': kinect_id, 'endpoints': {
+                    stream: server.device_endpoint(kinect_id, stream)
+                    for stream in ('depth', 'ir', 'color')},
+                    'streams': ['depth', 'ir', 'color'], 'depth_camera': kinect.depth_camera,
+                    'color_camera': kinect.color_camera, 'ir_to_color': kinect.ir_to_color}]
+                # Depth first: a 2014-style client takes the first endpoint it knows.
+                assert list(me['devices'][0]['endpoints'])[0] == 'depth'
                 assert set(kinect.depth_camera) >= {'fx', 'fy', 'cx', 'cy', 'k1', 'k2', 'k3',
                                                     'p1', 'p2', 'width', 'height'}
             finally:
