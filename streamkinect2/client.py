@@ -2,7 +2,7 @@
 import collections
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Type
 
 from blinker import Signal
 from tornado.ioloop import IOLoop, PeriodicCallback
@@ -11,23 +11,28 @@ from zmq.eventloop.zmqstream import ZMQStream
 
 from . import codec as _codec
 from .common import EndpointType, ProtocolError, send_isolated
-from .device import DepthFrame
+from .device import COLOR_HEIGHT, COLOR_WIDTH, ColorFrame, DepthFrame, IrFrame, STREAMS
 from .protocol import (CONTROL_MAX_MESSAGE_SIZE, decode_control, decode_frame_message,
-                       encode_control, MessageType, validate_me_payload)
+                       encode_control, FLAG_PAIRED, FrameHeader, header_stream,
+                       MessageParts, MessageType, validate_me_payload)
 from .security import CurveClientConfig, new_socket
 from .stats import SequenceGaps, Window
 
-__all__ = ['Client', 'FrameStats', 'depth_endpoint_for', 'max_depth_payload_bytes']
+__all__ = ['Client', 'FrameStats', 'depth_endpoint_for', 'stream_endpoint_for',
+           'max_depth_payload_bytes', 'max_color_payload_bytes']
 
 log = logging.getLogger(__name__)
 
 #: Largest frame (in pixels) a client accepts by default: more than any Kinect's depth.
 DEFAULT_MAX_FRAME_PIXELS = 1024 * 1024
+#: Largest colour frame (in pixels) a client accepts by default: a Kinect v2's 1920 x 1080.
+DEFAULT_MAX_COLOR_PIXELS = COLOR_WIDTH * COLOR_HEIGHT
 #: Most devices a client takes from one server by default (each costs sockets).
 DEFAULT_MAX_DEVICES = 32
-#: Depth messages a client's socket queues before the newest are dropped.
+#: Frame messages a client's socket (one per device and stream) queues before the newest
+#: are dropped.
 DEPTH_RECV_HWM = 4
-#: Seconds between two warnings about invalid depth messages from one device.
+#: Seconds between two warnings about invalid messages of one stream of one device.
 INVALID_LOG_PERIOD = 5.0
 #: Seconds of frames a device's :py:class:`FrameStats` window keeps (rate, latency).
 STATS_WINDOW = 10.0
@@ -44,44 +49,65 @@ def max_depth_payload_bytes(max_pixels: int) -> int:
     return 1 + content + (content >> 7) + 1024
 
 
-def depth_endpoint_for(control_endpoint: str, depth_endpoint: str,
-                       follow: bool = False) -> str:
-    """Return where to subscribe to a depth endpoint a server named in its ``me``.
+def max_color_payload_bytes(max_pixels: int) -> int:
+    """Return the largest colour (JPEG) payload a frame of up to *max_pixels* may take.
+
+    Measured with libjpeg-turbo on 1920 x 1080 uniform noise, the worst content for a
+    baseline JPEG: 4.11 bytes a pixel at quality 100 without chroma subsampling (8.1 MiB
+    a frame), 1.98 with the 4:2:0 a server sends; ordinary scenes take well under one
+    byte. So 4.25 bytes a pixel and 64 KiB of headers (8.4 MiB at 1920 x 1080) refuse
+    nothing a camera or an encoder can sensibly make, and a client's colour socket
+    refuses anything larger before allocating it.
+    """
+    return (17 * max_pixels) // 4 + 65536
+
+
+def stream_endpoint_for(control_endpoint: str, endpoint: str, follow: bool = False,
+                        stream: str = 'depth') -> str:
+    """Return where to subscribe to a stream *endpoint* a server named in its ``me``.
 
     Unless *follow* is true, a ``me`` cannot send the client elsewhere: only ``tcp://``
-    depth endpoints are followed, and at the host of *control_endpoint* (the host the
-    client connected to; the server names only the port). With *follow*,
-    *depth_endpoint* is used as named (any host, any ZeroMQ transport). Raises
-    ValueError for an endpoint that is not followed.
+    endpoints are followed, and at the host of *control_endpoint* (the host the client
+    connected to; the server names only the port). With *follow*, *endpoint* is used as
+    named (any host, any ZeroMQ transport). Raises ValueError for an endpoint that is
+    not followed. The rule is the same for every stream; *stream* only names it in the
+    error.
     """
     if follow:
-        return depth_endpoint
+        return endpoint
     transport, _, rest = control_endpoint.partition('://')
     if transport != 'tcp':
         # Not reached over the network (ipc://, inproc://): same transport only.
-        if not depth_endpoint.startswith(transport + '://'):
-            raise ValueError('depth endpoint {0!r} is not {1}:// like the control '
-                             'endpoint'.format(depth_endpoint, transport))
-        return depth_endpoint
-    if not depth_endpoint.startswith('tcp://'):
-        raise ValueError('depth endpoint {0!r} is not tcp://; only tcp:// to the host '
+        if not endpoint.startswith(transport + '://'):
+            raise ValueError('{0} endpoint {1!r} is not {2}:// like the control '
+                             'endpoint'.format(stream, endpoint, transport))
+        return endpoint
+    if not endpoint.startswith('tcp://'):
+        raise ValueError('{0} endpoint {1!r} is not tcp://; only tcp:// to the host '
                          'connected to is followed (see follow_endpoints)'.format(
-                             depth_endpoint))
-    port = depth_endpoint.rpartition(':')[2]
+                             stream, endpoint))
+    port = endpoint.rpartition(':')[2]
     if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError('depth endpoint {0!r} has no valid port'.format(depth_endpoint))
+        raise ValueError('{0} endpoint {1!r} has no valid port'.format(stream, endpoint))
     return 'tcp://{0}:{1}'.format(rest.rpartition(':')[0], int(port))
 
 
+def depth_endpoint_for(control_endpoint: str, depth_endpoint: str,
+                       follow: bool = False) -> str:
+    """Return where to subscribe to a depth endpoint (see :py:func:`stream_endpoint_for`)."""
+    return stream_endpoint_for(control_endpoint, depth_endpoint, follow, 'depth')
+
+
 class FrameStats(object):
-    """Counters for the depth stream of one device, as seen by a client.
+    """Counters for one stream (depth, IR or colour) of one device, as seen by a client.
 
     ``received`` frames decoded and delivered; ``invalid`` messages rejected (malformed,
-    undecodable); ``dropped`` frames missing from the sequence (lost upstream);
-    ``payload_bytes`` bytes received (headers and payloads); ``raw_bytes`` bytes the
-    delivered frames decode to; ``last_sequence``; ``last_latency`` seconds from capture
-    to decoded, last frame. ``window`` (a :py:class:`~streamkinect2.stats.Window`) holds
-    the last ``STATS_WINDOW`` s of frames with their latencies: :py:meth:`rate` and
+    undecodable, of another stream); ``dropped`` frames missing from the sequence (lost
+    upstream); ``payload_bytes`` bytes received (headers and payloads); ``raw_bytes``
+    bytes the delivered frames decode (or, colour, would decode) to; ``last_sequence``;
+    ``last_latency`` seconds from capture to delivered, last frame. ``window`` (a
+    :py:class:`~streamkinect2.stats.Window`) holds the last ``STATS_WINDOW`` s of frames
+    with their latencies: :py:meth:`rate` and
     :py:meth:`latency_percentile` read it. ``stalled`` is True while an enabled stream
     has delivered nothing for the client's ``stall_timeout``. Written on the client's
     IOLoop; other threads may read.
@@ -114,15 +140,18 @@ class FrameStats(object):
         """Return the sequence number of the last frame delivered (None before the first)."""
         return self.gaps.last
 
-    def add_frame(self, depth_frame: DepthFrame, message_bytes: int,
-                  now: Optional[float] = None) -> None:
-        """Account one delivered frame that came in a message of *message_bytes*."""
+    def add_frame(self, frame: Any, message_bytes: int, now: Optional[float] = None,
+                  raw_bytes: Optional[int] = None) -> None:
+        """Account one delivered frame that came in a message of *message_bytes*.
+
+        *raw_bytes* is what the frame decodes to (default: its ``data``'s size).
+        """
         now = time.monotonic() if now is None else now
-        self.last_latency = time.time() - depth_frame.timestamp
-        self.gaps.add(depth_frame.sequence)
+        self.last_latency = time.time() - frame.timestamp
+        self.gaps.add(frame.sequence)
         self.received += 1
         self.payload_bytes += message_bytes
-        self.raw_bytes += depth_frame.data.nbytes
+        self.raw_bytes += frame.data.nbytes if raw_bytes is None else raw_bytes
         self.last_frame_at = now
         self.window.add(self.last_latency, now)
 
@@ -150,6 +179,46 @@ class _Request(object):
         self.sent_at: Optional[float] = None
 
 
+class _Stream(NamedTuple):
+    """What differs between the streams a client receives: one row per stream."""
+
+    #: the stream's name, as in ``me`` records and :py:data:`~streamkinect2.device.STREAMS`
+    name: str
+    #: how log lines name it
+    label: str
+    #: the Client signal its frames are emitted with
+    signal: str
+    #: the keyword argument the frame is given as
+    argument: str
+    #: the class of its frames
+    frame_class: Type[Any]
+    #: the Client method that decodes one of its messages
+    decoder: str
+
+
+#: The streams a client receives, by name: one code path, this table says the rest.
+_STREAM_TABLE: Dict[str, _Stream] = {
+    'depth': _Stream('depth', 'depth', 'on_depth_frame', 'depth_frame', DepthFrame,
+                     'decode_depth_message'),
+    'ir': _Stream('ir', 'IR', 'on_ir_frame', 'ir_frame', IrFrame, 'decode_ir_message'),
+    'color': _Stream('color', 'colour', 'on_color_frame', 'color_frame', ColorFrame,
+                     'decode_color_message'),
+}
+assert tuple(_STREAM_TABLE) == STREAMS
+
+
+class _Subscription(object):
+    """One SUB socket: a stream of a device, where it is subscribed and since when."""
+
+    __slots__ = ('stream', 'endpoint', 'subscribed_at', 'last_message_at')
+
+    def __init__(self, stream: ZMQStream, endpoint: str, now: float) -> None:
+        self.stream = stream
+        self.endpoint = endpoint
+        self.subscribed_at = now  # monotonic
+        self.last_message_at = now  # monotonic: any message, valid or not
+
+
 class Client(object):
     """Client for a streaming kinect2 server.
 
@@ -173,18 +242,28 @@ class Client(object):
     happens by itself when the server stops answering, or answers ``who`` with anything
     but a valid ``me``). ``is_identified``: True once the server has identified itself.
     ``kinect_ids``: ids of the server's devices. ``devices``: their ``me`` records.
-    ``stats``: a :py:class:`FrameStats` per device in ``kinect_ids`` (dropped with the
-    device, after ``on_remove_kinect``).
+    ``stats``: the depth :py:class:`FrameStats` of each device in ``kinect_ids`` (dropped
+    with the device, after ``on_remove_kinect``); :py:meth:`stream_stats` gives those of
+    any stream.
     ``heartbeat_period``: delay in ms between heartbeat requests; changes are ignored
     once :py:meth:`connect` has been called. ``response_timeout``: the maximum wait in
     ms for a reply before the client gives up and disconnects. ``stall_timeout``: ms
-    without a frame from an enabled depth stream, while the server answers, after which
-    the stream is reported stalled (a warning, ``stats[id].stalled``).
-    ``max_frame_pixels``: the largest frame accepted; a depth message may not make the
-    client allocate more than one such frame. ``max_devices``: the most devices taken
+    without a frame from an enabled stream, while the server answers, after which the
+    stream is reported stalled (a warning, ``stream_stats(id, stream).stalled``).
+    ``max_frame_pixels``: the largest depth or IR frame accepted; a message may not make
+    the client allocate more than one such frame. ``max_color_pixels``: the same for
+    colour (default 1920 x 1080); a colour message is at most
+    :py:func:`max_color_payload_bytes` of it. ``max_devices``: the most devices taken
     from a server (the first ones it lists). ``follow_endpoints``: if False (the
-    default), depth streams are received only over ``tcp://`` from the host connected
-    to (see :py:func:`depth_endpoint_for`); True follows whatever the server names.
+    default), streams are received only over ``tcp://`` from the host connected to (see
+    :py:func:`stream_endpoint_for`); True follows whatever the server names.
+
+    Each enabled stream of each device has a SUB socket of its own. A message of a
+    stream is delivered only if its header says it is that stream; colour only as a
+    complete JPEG of the size its header says (only the JPEG's header is read: a
+    :py:class:`~streamkinect2.device.ColorFrame` decodes its pixels when asked, so a
+    client that forwards the JPEG bytes never decodes them). Anything else is dropped
+    and counted (``invalid``).
 
     *curve*, a :py:class:`~streamkinect2.security.CurveClientConfig`, turns on CURVE
     encryption and authentication towards a server that has it on.
@@ -204,6 +283,13 @@ class Client(object):
     #: Emitted with keyword arguments ``depth_frame`` (a ``DepthFrame``) and
     #: ``kinect_id`` for each depth frame received and decoded.
     on_depth_frame = Signal()
+    #: Emitted with keyword arguments ``ir_frame`` (an ``IrFrame``) and ``kinect_id`` for
+    #: each IR frame received and decoded (after :py:meth:`enable_ir_frames`).
+    on_ir_frame = Signal()
+    #: Emitted with keyword arguments ``color_frame`` (a ``ColorFrame`` of JPEG bytes,
+    #: decoded only when its ``array`` is read) and ``kinect_id`` for each colour frame
+    #: received (after :py:meth:`enable_color_frames`).
+    on_color_frame = Signal()
 
     def __init__(self, control_endpoint: str, connect_immediately: bool = False,
                  zmq_ctx: Optional[zmq.Context] = None, io_loop: Optional[IOLoop] = None,
@@ -214,6 +300,7 @@ class Client(object):
         self.response_timeout = 2000
         self.stall_timeout = 2000
         self.max_frame_pixels = DEFAULT_MAX_FRAME_PIXELS
+        self.max_color_pixels = DEFAULT_MAX_COLOR_PIXELS
         self.max_devices = DEFAULT_MAX_DEVICES
         self.follow_endpoints = False
         self.server_name: Optional[str] = None
@@ -221,13 +308,16 @@ class Client(object):
         self.is_connected = False
         self.devices: Dict[str, Dict[str, Any]] = collections.OrderedDict()
         self.stats: Dict[str, FrameStats] = {}
+        # id: {stream: FrameStats}; 'depth' is stats[id]
+        self._stream_stats: Dict[str, Dict[str, FrameStats]] = {}
         self._ctx = zmq_ctx if zmq_ctx is not None else zmq.Context.instance()
         self._io_loop = io_loop if io_loop is not None else IOLoop.current()
         self._control_stream: Optional[ZMQStream] = None
-        self._depth_streams: Dict[str, ZMQStream] = {}
-        # id: [endpoint, subscribed at, last message at] (monotonic times)
-        self._depth_endpoints: Dict[str, List[Any]] = {}
-        self._invalid_logged: Dict[str, Any] = {}
+        # stream: {id: _Subscription}
+        self._subscriptions: Dict[str, Dict[str, _Subscription]] = {
+            name: {} for name in STREAMS}
+        # (id, stream): (monotonic time, invalid count) of the last warning
+        self._invalid_logged: Dict[Any, Any] = {}
         self._queue: Any = collections.deque()
         self._in_flight: Optional[_Request] = None
         self._last_sent = 0.0
@@ -407,17 +497,21 @@ class Client(object):
             if kinect_id not in self.devices and self.is_connected:
                 self.devices[kinect_id] = record
                 self.stats[kinect_id] = FrameStats()
+                self._stream_stats[kinect_id] = {'depth': self.stats[kinect_id]}
                 send_isolated(self.on_add_kinect, self, kinect_id=kinect_id)
 
     def _remove_device(self, kinect_id: str) -> None:
-        self._close_depth_stream(kinect_id)
+        for stream in STREAMS:
+            self._close_subscription(kinect_id, stream)
         del self.devices[kinect_id]
         send_isolated(self.on_remove_kinect, self, kinect_id=kinect_id)
         # Gone with the device (receivers above could still read them).
         self.stats.pop(kinect_id, None)
-        self._invalid_logged.pop(kinect_id, None)
+        self._stream_stats.pop(kinect_id, None)
+        for stream in STREAMS:
+            self._invalid_logged.pop((kinect_id, stream), None)
 
-    # --- depth -----------------------------------------------------------------------
+    # --- streams ---------------------------------------------------------------------
 
     def device_info(self, kinect_id: str) -> Dict[str, Any]:
         """Return the ``me`` device record of *kinect_id* (a dict)."""
@@ -429,84 +523,146 @@ class Client(object):
         Raises ValueError if *kinect_id* does not correspond to a connected device, or
         if its depth endpoint is not one the client follows (see ``follow_endpoints``).
         """
+        self._enable('depth', kinect_id)
+
+    def enable_ir_frames(self, kinect_id: str) -> None:
+        """Enable streaming of IR frames from the device *kinect_id* (``on_ir_frame``).
+
+        Raises ValueError as :py:meth:`enable_depth_frames` does, and if the device's
+        ``me`` record offers no IR stream.
+        """
+        self._enable('ir', kinect_id)
+
+    def enable_color_frames(self, kinect_id: str) -> None:
+        """Enable streaming of colour frames from the device *kinect_id* (``on_color_frame``).
+
+        Raises ValueError as :py:meth:`enable_depth_frames` does, and if the device's
+        ``me`` record offers no colour stream.
+        """
+        self._enable('color', kinect_id)
+
+    def disable_depth_frames(self, kinect_id: str) -> None:
+        """Stop streaming depth frames from the device *kinect_id*."""
+        self._disable('depth', kinect_id)
+
+    def disable_ir_frames(self, kinect_id: str) -> None:
+        """Stop streaming IR frames from the device *kinect_id*."""
+        self._disable('ir', kinect_id)
+
+    def disable_color_frames(self, kinect_id: str) -> None:
+        """Stop streaming colour frames from the device *kinect_id*."""
+        self._disable('color', kinect_id)
+
+    def stream_stats(self, kinect_id: str, stream: str) -> Optional[FrameStats]:
+        """Return the :py:class:`FrameStats` of *stream* of the device *kinect_id*.
+
+        *stream* is ``'depth'`` (the same object as ``stats[kinect_id]``), ``'ir'`` or
+        ``'color'``. None if there is no such device, or the stream was never enabled
+        (depth's exist from the device's arrival). They are dropped with the device.
+        """
+        if stream not in _STREAM_TABLE:
+            raise ValueError('unknown stream {0!r} (one of {1})'.format(stream, STREAMS))
+        return self._stream_stats.get(kinect_id, {}).get(stream)
+
+    def is_enabled(self, kinect_id: str, stream: str) -> bool:
+        """Tell whether *stream* of the device *kinect_id* is enabled."""
+        return kinect_id in self._subscriptions.get(stream, {})
+
+    @property
+    def _depth_streams(self) -> Dict[str, _Subscription]:
+        # The depth subscriptions by device id (tests and bench/fuzz.py look at them).
+        return self._subscriptions['depth']
+
+    def _enable(self, stream: str, kinect_id: str) -> None:
         record = self.devices.get(kinect_id)
         if record is None:
             raise ValueError('no device with id {0!r} on this server'.format(kinect_id))
-        named = record['endpoints'].get('depth')
-        if not named:
-            raise ValueError('device {0!r} has no depth endpoint'.format(kinect_id))
-        if kinect_id in self._depth_streams:
+        named = record['endpoints'].get(stream)
+        if not named or not isinstance(named, str):
+            raise ValueError('device {0!r} has no {1} endpoint'.format(kinect_id, stream))
+        if kinect_id in self._subscriptions[stream]:
             return
         try:
-            endpoint = depth_endpoint_for(self.endpoints[EndpointType.control], named,
-                                          self.follow_endpoints)
+            endpoint = stream_endpoint_for(self.endpoints[EndpointType.control], named,
+                                           self.follow_endpoints, stream)
         except ValueError as err:
             raise ValueError('device {0!r}: {1}'.format(kinect_id, err)) from None
         if endpoint != named:
-            log.info('Device %s: depth endpoint %s named, subscribing at %s', kinect_id,
-                     named, endpoint)
-        self._open_depth_stream(kinect_id, endpoint)
-        stats = self.stats[kinect_id]
+            log.info('Device %s: %s endpoint %s named, subscribing at %s', kinect_id,
+                     _STREAM_TABLE[stream].label, named, endpoint)
+        self._open_subscription(kinect_id, stream, endpoint)
+        stats = self._stream_stats[kinect_id].get(stream)
+        if stats is None:
+            stats = self._stream_stats[kinect_id][stream] = FrameStats()
         stats.last_frame_at = time.monotonic()
         stats.stalled = False
 
-    def _open_depth_stream(self, kinect_id: str, endpoint: str) -> None:
+    def _disable(self, stream: str, kinect_id: str) -> None:
+        if kinect_id not in self.devices:
+            raise ValueError('no device with id {0!r} on this server'.format(kinect_id))
+        self._close_subscription(kinect_id, stream)
+        stats = self._stream_stats[kinect_id].get(stream)
+        if stats is not None:
+            stats.stalled = False
+
+    def _max_message_bytes(self, stream: str) -> int:
+        if stream == 'color':
+            return max_color_payload_bytes(self.max_color_pixels)
+        return max_depth_payload_bytes(self.max_frame_pixels)
+
+    def _open_subscription(self, kinect_id: str, stream: str, endpoint: str) -> None:
         sock = self._socket(zmq.SUB)
         sock.rcvhwm = DEPTH_RECV_HWM
         # No message larger than the largest frame accepted is ever allocated: ZeroMQ
         # drops the connection instead (for good: a stalled stream is resubscribed).
-        sock.maxmsgsize = max_depth_payload_bytes(self.max_frame_pixels)
+        sock.maxmsgsize = self._max_message_bytes(stream)
         try:
             sock.connect(endpoint)
         except zmq.ZMQError as err:
             sock.close(linger=0)
-            raise ValueError('device {0!r}: cannot subscribe at {1}: {2}'.format(
-                kinect_id, endpoint, err)) from None
+            raise ValueError('device {0!r}: cannot subscribe to {1} at {2}: {3}'.format(
+                kinect_id, stream, endpoint, err)) from None
         sock.setsockopt(zmq.SUBSCRIBE, b'')
-        stream = ZMQStream(sock, self._io_loop)
-        stream.on_recv(lambda frames: self._on_depth_message(kinect_id, frames), copy=False)
-        self._depth_streams[kinect_id] = stream
-        now = time.monotonic()
-        self._depth_endpoints[kinect_id] = [endpoint, now, now]
+        zmq_stream = ZMQStream(sock, self._io_loop)
+        subscription = _Subscription(zmq_stream, endpoint, time.monotonic())
+        zmq_stream.on_recv(lambda frames: self._on_message(kinect_id, stream, subscription,
+                                                           frames), copy=False)
+        self._subscriptions[stream][kinect_id] = subscription
 
-    def disable_depth_frames(self, kinect_id: str) -> None:
-        """Stop streaming depth frames from the device *kinect_id*."""
-        if kinect_id not in self.devices:
-            raise ValueError('no device with id {0!r} on this server'.format(kinect_id))
-        self._close_depth_stream(kinect_id)
-        self.stats[kinect_id].stalled = False
+    def _close_subscription(self, kinect_id: str, stream: str) -> None:
+        subscription = self._subscriptions[stream].pop(kinect_id, None)
+        if subscription is not None:
+            subscription.stream.close(linger=0)
 
-    def _close_depth_stream(self, kinect_id: str) -> None:
-        self._depth_endpoints.pop(kinect_id, None)
-        stream = self._depth_streams.pop(kinect_id, None)
-        if stream is not None:
-            stream.close(linger=0)
-
-    def _on_depth_message(self, kinect_id: str, frames: List[Any]) -> None:
+    def _on_message(self, kinect_id: str, stream: str, subscription: _Subscription,
+                    frames: List[Any]) -> None:
         # Runs from ZeroMQ's stream handler: nothing may escape (an exception there
         # would leave the socket's edge-triggered fd disarmed, the stream dead).
+        spec = _STREAM_TABLE[stream]
         try:
-            stats = self.stats.get(kinect_id)
-            if stats is None or kinect_id not in self._depth_streams:
+            stats = self._stream_stats.get(kinect_id, {}).get(stream)
+            if stats is None or self._subscriptions[stream].get(kinect_id) is not subscription:
                 return
-            self._depth_endpoints[kinect_id][2] = time.monotonic()
+            subscription.last_message_at = time.monotonic()
             try:
-                depth_frame = self.decode_depth_message(frames)
+                frame = getattr(self, spec.decoder)(frames)
             except Exception as err:  # ProtocolError, or anything a bad message raises
                 stats.invalid += 1
-                self._warn_invalid(kinect_id, stats, err)
+                self._warn_invalid(kinect_id, stream, stats, err)
                 return
             now = time.monotonic()
             if stats.stalled:
                 stats.stalled = False
-                log.info('Depth frames from %s resumed after %.1f s', kinect_id,
+                log.info('%s frames from %s resumed after %.1f s',
+                         spec.label[:1].upper() + spec.label[1:], kinect_id,
                          now - (stats.last_frame_at or now))
-            stats.add_frame(depth_frame, sum(len(f.buffer) if hasattr(f, 'buffer')
-                                             else len(f) for f in frames), now)
-            send_isolated(self.on_depth_frame, self, depth_frame=depth_frame,
-                          kinect_id=kinect_id)
+            raw_bytes = 3 * frame.shape[0] * frame.shape[1] if stream == 'color' else None
+            stats.add_frame(frame, sum(len(f.buffer) if hasattr(f, 'buffer') else len(f)
+                                       for f in frames), now, raw_bytes)
+            send_isolated(getattr(self, spec.signal), self, kinect_id=kinect_id,
+                          **{spec.argument: frame})
         except Exception:
-            log.exception('Error handling a depth message from %s', kinect_id)
+            log.exception('Error handling a %s message from %s', spec.label, kinect_id)
 
     def _check_stalls(self, now: float) -> None:
         if not self._identified:
@@ -516,45 +672,93 @@ class Client(object):
                 self.response_timeout / 2000.0:
             return  # the server itself is slow to answer: no verdict on its streams
         limit = self.stall_timeout / 1000.0
-        for kinect_id in list(self._depth_streams):
-            stats = self.stats.get(kinect_id)
-            if stats is None or stats.last_frame_at is None:
-                continue
-            endpoint, subscribed_at, last_message_at = self._depth_endpoints[kinect_id]
-            if not stats.stalled and now - stats.last_frame_at > limit:
-                stats.stalled = True
-                log.warning('No depth frames from %s for %.1f s while its server answers '
-                            '(%d received, %d invalid so far)', kinect_id,
-                            now - stats.last_frame_at, stats.received, stats.invalid)
-            if now - max(subscribed_at, last_message_at) > limit:
-                # Not even an invalid message: ZeroMQ may have given the connection up
-                # for good (it does on a protocol error, an oversized message say), and
-                # a new socket is the only way back.
-                log.debug('Subscribing to %s again at %s', kinect_id, endpoint)
-                self._close_depth_stream(kinect_id)
-                try:
-                    self._open_depth_stream(kinect_id, endpoint)
-                except ValueError as err:
-                    log.error('%s', err)
+        for stream, subscriptions in self._subscriptions.items():
+            label = _STREAM_TABLE[stream].label
+            for kinect_id, subscription in list(subscriptions.items()):
+                stats = self._stream_stats.get(kinect_id, {}).get(stream)
+                if stats is None or stats.last_frame_at is None:
+                    continue
+                if not stats.stalled and now - stats.last_frame_at > limit:
+                    stats.stalled = True
+                    log.warning('No %s frames from %s for %.1f s while its server answers '
+                                '(%d received, %d invalid so far)', label, kinect_id,
+                                now - stats.last_frame_at, stats.received, stats.invalid)
+                if now - max(subscription.subscribed_at, subscription.last_message_at) > \
+                        limit:
+                    # Not even an invalid message: ZeroMQ may have given the connection
+                    # up for good (it does on a protocol error, an oversized message
+                    # say), and a new socket is the only way back.
+                    log.debug('Subscribing to %s of %s again at %s', label, kinect_id,
+                              subscription.endpoint)
+                    self._close_subscription(kinect_id, stream)
+                    try:
+                        self._open_subscription(kinect_id, stream, subscription.endpoint)
+                    except ValueError as err:
+                        log.error('%s', err)
 
-    def _warn_invalid(self, kinect_id: str, stats: FrameStats, err: Exception) -> None:
-        # One warning per INVALID_LOG_PERIOD per device: a flood of bad messages must
-        # not become a flood of log lines.
+    def _warn_invalid(self, kinect_id: str, stream: str, stats: FrameStats,
+                      err: Exception) -> None:
+        # One warning per INVALID_LOG_PERIOD per device and stream: a flood of bad
+        # messages must not become a flood of log lines.
         now = time.monotonic()
-        last_at, last_count = self._invalid_logged.get(kinect_id, (None, 0))
+        key = (kinect_id, stream)
+        last_at, last_count = self._invalid_logged.get(key, (None, 0))
         if last_at is not None and now - last_at < INVALID_LOG_PERIOD:
             return
-        self._invalid_logged[kinect_id] = (now, stats.invalid)
-        log.warning('Dropped %d invalid depth message(s) from %s%s; last: %s',
-                    stats.invalid - last_count, kinect_id,
+        self._invalid_logged[key] = (now, stats.invalid)
+        log.warning('Dropped %d invalid %s message(s) from %s%s; last: %s',
+                    stats.invalid - last_count, _STREAM_TABLE[stream].label, kinect_id,
                     '' if last_at is None else ' in {0:.0f} s'.format(now - last_at), err)
 
-    def decode_depth_message(self, frames: List[Any]) -> DepthFrame:
+    # --- decoding --------------------------------------------------------------------
+
+    @staticmethod
+    def _check_stream(header: FrameHeader, stream: str) -> None:
+        carried = header_stream(header)
+        if carried != stream:
+            raise ProtocolError('a {0} frame on the {1} endpoint'.format(carried, stream))
+
+    def _decode_uint16(self, frames: MessageParts, stream: str) -> Any:
+        header, payload = decode_frame_message(frames, self.max_frame_pixels)
+        self._check_stream(header, stream)
+        pixels = _codec.decode(payload, header.width, header.height, header.codec)
+        frame_class = _STREAM_TABLE[stream].frame_class
+        return frame_class(pixels, sequence=header.sequence, timestamp_ns=header.timestamp_ns,
+                           device_timestamp=header.device_timestamp)
+
+    def decode_depth_message(self, frames: MessageParts) -> DepthFrame:
         """Decode and validate one depth message (list of frames) into a DepthFrame.
 
-        Raises :py:class:`ProtocolError` if the message is malformed in any way.
+        Raises :py:class:`ProtocolError` if the message is malformed in any way, or its
+        header says it carries another stream.
         """
-        header, payload = decode_frame_message(frames, self.max_frame_pixels)
-        pixels = _codec.decode(payload, header.width, header.height, header.codec)
-        return DepthFrame(pixels, sequence=header.sequence, timestamp_ns=header.timestamp_ns,
-                          device_timestamp=header.device_timestamp)
+        frame: DepthFrame = self._decode_uint16(frames, 'depth')
+        return frame
+
+    def decode_ir_message(self, frames: MessageParts) -> IrFrame:
+        """Decode and validate one IR message (list of frames) into an IrFrame.
+
+        Raises :py:class:`ProtocolError` as :py:meth:`decode_depth_message` does.
+        """
+        frame: IrFrame = self._decode_uint16(frames, 'ir')
+        return frame
+
+    def decode_color_message(self, frames: MessageParts) -> ColorFrame:
+        """Validate one colour message (list of frames) into a ColorFrame of its JPEG.
+
+        Nothing is decoded: the header must say colour and JPEG, of at most
+        ``max_color_pixels``; the payload must be a complete JPEG (an end-of-image marker
+        at its end) whose own header gives the frame header's size. Raises
+        :py:class:`ProtocolError` otherwise.
+        """
+        header, payload = decode_frame_message(frames, self.max_color_pixels)
+        self._check_stream(header, 'color')
+        if header.codec != _codec.CODEC_JPEG:
+            raise ProtocolError('colour payload of codec {0}, not JPEG ({1})'.format(
+                header.codec, _codec.CODEC_JPEG))
+        jpeg = bytes(payload)
+        _codec.check_jpeg(jpeg, header.width, header.height)
+        return ColorFrame(jpeg=jpeg, shape=(header.width, header.height),
+                          sequence=header.sequence, timestamp_ns=header.timestamp_ns,
+                          device_timestamp=header.device_timestamp,
+                          paired=bool(header.flags & FLAG_PAIRED))

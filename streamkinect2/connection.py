@@ -85,7 +85,7 @@ class ServerConnection(object):
     itself *identify_timeout* after an attempt started (default: twice the response
     timeout) is given up; attempts at an endpoint that failed are *retry_period* apart;
     heartbeats go out every *heartbeat_period* (default: a quarter of the response
-    timeout); an enabled depth stream with no frame for *stall_timeout* is reported.
+    timeout); an enabled stream with no frame for *stall_timeout* is reported.
     *follow_endpoints* and *max_devices* are the clients' (see
     :py:class:`~streamkinect2.client.Client`).
 
@@ -95,10 +95,10 @@ class ServerConnection(object):
     thread; a ``with`` block does both.
     """
 
-    #: The client signals forwarded, under the same names. A new stream (colour, IR)
-    #: is one more name here, its Signal below and its ``enable_*`` delegate.
+    #: The client signals forwarded, under the same names. A new stream is one more
+    #: name here, its Signal below and its ``enable_*`` delegate.
     SIGNALS = ('on_connect', 'on_disconnect', 'on_add_kinect', 'on_remove_kinect',
-               'on_depth_frame')
+               'on_depth_frame', 'on_ir_frame', 'on_color_frame')
 
     #: Emitted when a server has identified itself.
     on_connect = Signal()
@@ -110,6 +110,11 @@ class ServerConnection(object):
     on_remove_kinect = Signal()
     #: Emitted with keyword arguments ``depth_frame`` and ``kinect_id`` for each frame.
     on_depth_frame = Signal()
+    #: Emitted with keyword arguments ``ir_frame`` and ``kinect_id`` for each IR frame.
+    on_ir_frame = Signal()
+    #: Emitted with keyword arguments ``color_frame`` (JPEG, decoded when its ``array``
+    #: is read) and ``kinect_id`` for each colour frame.
+    on_color_frame = Signal()
 
     #: Number of attempts made so far (clients created and connected).
     attempts: int
@@ -209,7 +214,17 @@ class ServerConnection(object):
         return [info.endpoint for info in self._browser.servers
                 if not name or info.name == name]
 
+    def stream_stats(self, kinect_id: str, stream: str) -> Optional[FrameStats]:
+        """Return the current client's FrameStats of *stream* of *kinect_id*, or None.
+
+        See :py:meth:`~streamkinect2.client.Client.stream_stats`.
+        """
+        client = self._client
+        return client.stream_stats(kinect_id, stream) if client is not None else None
+
     # --- streams ---------------------------------------------------------------------
+    # As with depth, what is enabled lasts as long as the client: a receiver of
+    # on_add_kinect enables the streams it wants again after a reconnection.
 
     def enable_depth_frames(self, kinect_id: str) -> None:
         """Enable depth frames of *kinect_id* on the current client (ValueError if none)."""
@@ -218,6 +233,22 @@ class ServerConnection(object):
     def disable_depth_frames(self, kinect_id: str) -> None:
         """Disable depth frames of *kinect_id* on the current client."""
         self._current('disable depth frames').disable_depth_frames(kinect_id)
+
+    def enable_ir_frames(self, kinect_id: str) -> None:
+        """Enable IR frames of *kinect_id* on the current client (ValueError if none)."""
+        self._current('enable IR frames').enable_ir_frames(kinect_id)
+
+    def disable_ir_frames(self, kinect_id: str) -> None:
+        """Disable IR frames of *kinect_id* on the current client."""
+        self._current('disable IR frames').disable_ir_frames(kinect_id)
+
+    def enable_color_frames(self, kinect_id: str) -> None:
+        """Enable colour frames of *kinect_id* on the current client (ValueError if none)."""
+        self._current('enable colour frames').enable_color_frames(kinect_id)
+
+    def disable_color_frames(self, kinect_id: str) -> None:
+        """Disable colour frames of *kinect_id* on the current client."""
+        self._current('disable colour frames').disable_color_frames(kinect_id)
 
     def _current(self, what: str) -> Client:
         client = self._client

@@ -1,12 +1,14 @@
 """The client against hostile servers: real sockets on loopback playing the bad peer.
 
 :py:class:`FakeServer` stands in for a server: a ROUTER socket on the control endpoint
-(so that it can also never answer) and a PUB socket for depth, served on a thread of
-its own. The other client test modules import it.
+(so that it can also never answer) and a PUB socket per stream (depth; IR and colour
+when asked for), served on a thread of its own. The other client test modules import it.
 """
+import functools
 import json
 import logging
 import os
+import queue
 import socket
 import subprocess
 import sys
@@ -14,13 +16,16 @@ import threading
 import time
 
 from conftest import LOOPBACK, run_async, wait_until
+import numpy as np
 import psutil
 import pytest
+from streamkinect2 import codec
 from streamkinect2.client import Client
 from streamkinect2.common import EndpointType
 from streamkinect2.compress import encode_frame_message
 from streamkinect2.device import DepthFrame
 from streamkinect2.mock import MockKinect
+from streamkinect2.protocol import frame_flags, FrameHeader, FrameMessage
 from streamkinect2.server import Server
 from test_server_client import Recorder
 import zmq
@@ -42,29 +47,76 @@ def frame_parts(sequence):
     return [bytes(part) for part in message.parts]
 
 
+def ir_frame(sequence):
+    """Return the IR pixels of frame *sequence*: the mock's depth, bits flipped."""
+    return MockKinect.render_frame(sequence) ^ np.uint16(0x5A5A)
+
+
+def ir_parts(sequence):
+    """Return the two frames of a valid IR message of frame *sequence*."""
+    pixels = ir_frame(sequence)
+    header = FrameHeader(codec.DEFAULT_CODEC, pixels.shape[1], pixels.shape[0],
+                         frame_flags('ir'), sequence, time.time_ns(), 1000 + sequence, 0)
+    return [bytes(part) for part in FrameMessage.build(header, codec.encode(pixels)).parts]
+
+
+@functools.lru_cache(maxsize=4)
+def color_jpeg(width=960, height=540):
+    """Return a JPEG of a deterministic BGR test card of *width* x *height*."""
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = np.stack([(x * 255 // width), (y * 255 // height), ((x ^ y) & 0xFF)],
+                      axis=2).astype(np.uint8)
+    return codec.encode_jpeg(pixels, 80)
+
+
+def color_header(sequence, width=960, height=540, stream='color', paired=True,
+                 codec_id=codec.CODEC_JPEG):
+    """Return the header of a colour message (what a server would send)."""
+    return FrameHeader(codec_id, width, height, frame_flags(stream, paired), sequence,
+                       time.time_ns(), 2000 + sequence, 0)
+
+
+def color_parts(sequence, jpeg=None, **header):
+    """Return the two frames of a colour message of *jpeg* (default: a valid qhd one)."""
+    jpeg = color_jpeg() if jpeg is None else jpeg
+    message = FrameMessage.build(color_header(sequence, **header), jpeg)
+    return [bytes(part) for part in message.parts]
+
+
+#: The valid message of each stream for a frame sequence number.
+STREAM_PARTS = {'depth': frame_parts, 'ir': ir_parts, 'color': color_parts}
+
+
 class FakeServer(object):
     """A stand-in server on loopback whose replies the test decides.
 
     ``reply(server, frames)`` returns the frames to answer a request with, or None to
     never answer it (default: a valid ``me`` of :py:attr:`device_ids`). While
-    :py:attr:`streaming` is set, a valid mock depth frame goes out on the PUB socket
-    every *frame_period* s. ``requests`` counts the requests, ``peers`` the distinct
-    REQ sockets that sent them. Sockets and thread are released by :py:meth:`close`.
+    :py:attr:`streaming` is set, a valid message of each of *streams* (default depth
+    only; depth, IR and colour share their sequence number) goes out on the stream's
+    PUB socket every *frame_period* s, but for the streams in :py:attr:`paused`.
+    :py:meth:`send` puts any message on a stream's socket. ``requests`` counts the
+    requests, ``peers`` the distinct REQ sockets that sent them. Sockets and thread are
+    released by :py:meth:`close`.
     """
 
-    def __init__(self, reply=None, frame_period=0.02, depth_bind='tcp://' + LOOPBACK):
+    def __init__(self, reply=None, frame_period=0.02, depth_bind='tcp://' + LOOPBACK,
+                 streams=('depth',)):
         """Bind the sockets and start the thread."""
         self.reply = reply if reply is not None else FakeServer.me_reply
         self.device_ids = ['dev']
         self.requests = 0
         self.peers = set()
         self.streaming = threading.Event()
+        self.paused = set()
         self.sent_frames = 0
         self._frame_period = frame_period
+        self._outbox = queue.Queue()
         self._ctx = zmq.Context()
         self._router = self._ctx.socket(zmq.ROUTER)
-        self._pub = self._ctx.socket(zmq.PUB)
-        for sock in (self._router, self._pub):
+        self._pubs = {stream: self._ctx.socket(zmq.PUB) for stream in streams}
+        self._pub = self._pubs['depth']
+        for sock in [self._router] + list(self._pubs.values()):
             sock.linger = 0
         self.endpoint = 'tcp://{0}:{1}'.format(
             LOOPBACK, self._router.bind_to_random_port('tcp://' + LOOPBACK))
@@ -74,6 +126,12 @@ class FakeServer(object):
         else:
             self._pub.bind(depth_bind)
             self.depth_endpoint = depth_bind
+        #: The endpoint of each stream, as ``me`` names them.
+        self.stream_endpoints = {'depth': self.depth_endpoint}
+        for stream, pub in self._pubs.items():
+            if stream != 'depth':
+                self.stream_endpoints[stream] = 'tcp://{0}:{1}'.format(
+                    LOOPBACK, pub.bind_to_random_port('tcp://' + LOOPBACK))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name='FakeServer', daemon=True)
         self._thread.start()
@@ -81,7 +139,7 @@ class FakeServer(object):
     def me(self, devices=None, **overrides):
         """Return the frames of a ``me`` reply (*devices*: records; default: ours)."""
         if devices is None:
-            devices = [{'id': kinect_id, 'endpoints': {'depth': self.depth_endpoint}}
+            devices = [{'id': kinect_id, 'endpoints': dict(self.stream_endpoints)}
                        for kinect_id in self.device_ids]
         payload = {'version': 1, 'name': 'fake', 'endpoints': {'control': self.endpoint},
                    'devices': devices}
@@ -92,12 +150,19 @@ class FakeServer(object):
         """Answer ``who`` with a valid ``me``, ``ping`` with ``pong``."""
         return [b'\x02'] if frames[0] == b'\x01' else self.me()
 
+    def send(self, stream, parts):
+        """Send the message *parts* on the PUB socket of *stream* (from the thread)."""
+        self._outbox.put((stream, parts))
+
     def _run(self):
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         sequence = 0
         next_frame = time.monotonic()
         while not self._stop.is_set():
+            while not self._outbox.empty():
+                stream, parts = self._outbox.get()
+                self._pubs[stream].send_multipart(parts)
             timeout = max(0.0, next_frame - time.monotonic()) if self.streaming.is_set() \
                 else 0.05
             if poller.poll(timeout * 1000):
@@ -109,7 +174,9 @@ class FakeServer(object):
                     self._router.send_multipart([identity, empty] + list(answer))
             if self.streaming.is_set() and time.monotonic() >= next_frame:
                 sequence += 1
-                self._pub.send_multipart(frame_parts(sequence))
+                for stream, pub in self._pubs.items():
+                    if stream not in self.paused:
+                        pub.send_multipart(STREAM_PARTS[stream](sequence))
                 self.sent_frames += 1
                 next_frame = time.monotonic() + self._frame_period
 
@@ -118,7 +185,8 @@ class FakeServer(object):
         self._stop.set()
         self._thread.join(5.0)
         self._router.close(linger=0)
-        self._pub.close(linger=0)
+        for pub in self._pubs.values():
+            pub.close(linger=0)
         self._ctx.term()
 
     def __enter__(self):

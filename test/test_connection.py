@@ -6,6 +6,7 @@ from conftest import LOOPBACK, run_async, wait_until
 import pytest
 from streamkinect2.common import EndpointType
 from streamkinect2.connection import EndpointChooser, ServerConnection
+from streamkinect2.device import STREAMS
 from streamkinect2.mock import MockKinect
 from streamkinect2.server import Server
 from test_client_hostile import dead_endpoint, FakeServer
@@ -18,6 +19,8 @@ class Seen(object):
         """Connect to every signal of *connection*."""
         self.events = []
         self.frames = []
+        self.ir_frames = []
+        self.color_frames = []
         self.senders = set()
         for name in ServerConnection.SIGNALS:
             getattr(ServerConnection, name).connect(getattr(self, name), connection)
@@ -42,6 +45,14 @@ class Seen(object):
     def on_depth_frame(self, sender, depth_frame, kinect_id):
         self.senders.add(sender)
         self.frames.append((kinect_id, depth_frame))
+
+    def on_ir_frame(self, sender, ir_frame, kinect_id):
+        self.senders.add(sender)
+        self.ir_frames.append((kinect_id, ir_frame))
+
+    def on_color_frame(self, sender, color_frame, kinect_id):
+        self.senders.add(sender)
+        self.color_frames.append((kinect_id, color_frame))
 
     def count(self, name):
         return sum(1 for e in self.events if e[0] == name)
@@ -216,4 +227,37 @@ def test_a_server_is_found_by_name_and_found_again_after_a_restart():
                 connection.stop()
                 if server.is_running:
                     server.stop()
+    run_async(main())
+
+
+def test_ir_and_colour_are_forwarded_and_enabled_through_the_connection():
+    async def main():
+        with FakeServer(streams=STREAMS) as fake:
+            fake.streaming.set()
+            connection = ServerConnection(fake.endpoint, response_timeout=0.5,
+                                          retry_period=0.1)
+            with pytest.raises(ValueError, match='not connected'):
+                connection.enable_color_frames('dev')
+            assert connection.stream_stats('dev', 'color') is None
+            seen = Seen(connection)  # enables depth on every device
+
+            def enable_more(sender, kinect_id):
+                sender.enable_ir_frames(kinect_id)
+                sender.enable_color_frames(kinect_id)
+            ServerConnection.on_add_kinect.connect(enable_more, connection, weak=False)
+            connection.start()
+            try:
+                await wait_until(lambda: len(seen.ir_frames) >= 3 and
+                                 len(seen.color_frames) >= 3, 10, 'IR and colour frames')
+                assert seen.senders == {connection}
+                assert connection.stream_stats('dev', 'ir').received >= 3
+                assert connection.stream_stats('dev', 'color').invalid == 0
+                assert all(f.pixels is None for _, f in seen.color_frames)
+                connection.disable_color_frames('dev')
+                connection.disable_ir_frames('dev')
+                assert not connection.client.is_enabled('dev', 'color')
+                assert not connection.client.is_enabled('dev', 'ir')
+                assert connection.client.is_enabled('dev', 'depth')
+            finally:
+                connection.stop()
     run_async(main())
