@@ -25,8 +25,12 @@ this module checks what it does not:
   pipeline failure, and the sensor is opened again with the next pipeline.
 
 libfreenect2 delivers depth as float32 millimetres; :py:func:`depth_to_uint16` turns it
-into the uint16 millimetres of REP 118, invalid readings 0. Its frame timestamps count
-0.125 ms ticks (:py:data:`DEVICE_TICK_NS`); frames carry them as ``device_timestamp``.
+into the uint16 millimetres of REP 118, invalid readings 0. IR comes as float32 amplitude
+0-65535 (:py:func:`ir_to_uint16`), colour as 1920 x 1080 BGRX (RGBX from the Tegra
+decoder: :py:func:`frame_format` reads the frame's format, which pylibfreenect2 does not
+expose, and :py:func:`color_to_bgrx` swaps). Its frame timestamps count 0.125 ms ticks
+(:py:data:`DEVICE_TICK_NS`) on one clock for both cameras; frames carry them as
+``device_timestamp``.
 """
 import ctypes
 import logging
@@ -44,11 +48,13 @@ import numpy as np
 import numpy.typing as npt
 
 from .common import send_isolated
-from .device import DEPTH_HEIGHT, DEPTH_WIDTH, DepthFrame, DeviceLifetime, INTRINSIC_KEYS
+from .device import (COLOR_HEIGHT, COLOR_WIDTH, ColorFrame, DEPTH_HEIGHT, DEPTH_WIDTH,
+                     DepthFrame, DeviceLifetime, INTRINSIC_KEYS, IrFrame, STREAMS)
 
-__all__ = ['Freenect2Kinect', 'Freenect2Unavailable', 'depth_to_uint16', 'is_null_device',
-           'list_serials', 'open_devices', 'pipeline_candidates', 'read_depth_camera',
-           'DEVICE_TICK_NS', 'PIPELINES']
+__all__ = ['Freenect2Kinect', 'Freenect2Unavailable', 'color_to_bgrx', 'depth_to_uint16',
+           'frame_format', 'ir_to_uint16', 'is_null_device', 'list_serials', 'open_devices',
+           'pipeline_candidates', 'read_color_camera', 'read_depth_camera',
+           'COLOR_MAPPING_KEYS', 'DEVICE_TICK_NS', 'FORMAT_BGRX', 'FORMAT_RGBX', 'PIPELINES']
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,20 @@ PIPELINES: Tuple[Tuple[str, str], ...] = (
 #: 0.125 millisecond. Usually incrementing by 266 (30Hz) or 533 (15Hz)"), the unit of
 #: this device's ``device_timestamp``.
 DEVICE_TICK_NS: int = 125000
+
+#: libfreenect2 ``Frame::Format`` values of colour frames: B, G, R, unused (the TurboJPEG,
+#: VA-API and VideoToolbox decoders) or R, G, B, unused (the Tegra decoder).
+FORMAT_BGRX: int = 4
+FORMAT_RGBX: int = 5
+
+#: The depth-to-colour mapping terms of libfreenect2's ``ColorCameraParams`` (besides fx,
+#: fy, cx, cy), as it names them; ``Registration`` uses them.
+COLOR_MAPPING_KEYS: Tuple[str, ...] = (
+    'shift_d', 'shift_m',
+    'mx_x3y0', 'mx_x0y3', 'mx_x2y1', 'mx_x1y2', 'mx_x2y0', 'mx_x0y2', 'mx_x1y1', 'mx_x1y0',
+    'mx_x0y1', 'mx_x0y0',
+    'my_x3y0', 'my_x0y3', 'my_x2y1', 'my_x1y2', 'my_x2y0', 'my_x0y2', 'my_x1y1', 'my_x1y0',
+    'my_x0y1', 'my_x0y0')
 
 #: Seconds between two looks at the listener (see :py:meth:`Freenect2Kinect._run`).
 POLL_PERIOD = 0.002
@@ -90,7 +110,7 @@ OPEN_FAILED = (
     'above say which.')
 
 START_FAILED = (
-    'could not start sensor {0}: its depth camera parameters read back empty (fx = {1:g}), '
+    'could not start sensor {0}: its {2} camera parameters read back empty (fx = {1:g}), '
     'so libfreenect2 did not start its streams (pylibfreenect2 drops the result of '
     'startStreams). Likely causes: the sensor stopped answering on USB (replug it; check '
     'its power supply and that it is on a USB 3 port); the libfreenect2 log lines above '
@@ -101,6 +121,13 @@ NO_FRAME = (
     'the sensor does not get through (a USB 2 port, or a USB 3 controller shared with '
     'another sensor or without the bandwidth: the libfreenect2 log shows failed or '
     'incomplete transfers); or no pipeline can process depth on this machine.')
+
+
+NO_COLOR = (
+    'Kinect {0}: no colour frame for {1:.1f} s {2} while depth flows; colour is lost, depth '
+    'goes on. Likely causes: the colour stream does not get through USB (a USB 3 '
+    'controller without the bandwidth for both streams: the libfreenect2 log shows failed '
+    'or incomplete transfers), or its JPEG decoder failed (libfreenect2 log).')
 
 
 class Freenect2Unavailable(RuntimeError):
@@ -147,6 +174,98 @@ def depth_to_uint16(depth: npt.ArrayLike, min_depth: float = 500, max_depth: flo
     return out
 
 
+def ir_to_uint16(ir: npt.ArrayLike,
+                 out: Optional[npt.NDArray[np.uint16]] = None) -> npt.NDArray[np.uint16]:
+    """Return libfreenect2's float32 IR amplitude *ir* (0 to 65535) as uint16.
+
+    Rounded to the nearest integer (halves to even) and clipped to 0..65535; NaN becomes
+    0. *out*, a uint16 array of the same shape, is reused if given.
+    """
+    amplitude = np.asarray(ir, dtype=np.float32)
+    if out is None:
+        out = np.empty(amplitude.shape, np.uint16)
+    with np.errstate(invalid='ignore'):
+        clipped = np.clip(np.rint(amplitude), 0.0, 65535.0)
+    out[...] = 0
+    np.copyto(out, clipped, casting='unsafe', where=~np.isnan(clipped))
+    return out
+
+
+class _CFrameHeader(ctypes.Structure):
+    """The start of a ``libfreenect2::Frame`` (include/libfreenect2/frame_listener.hpp)."""
+
+    _fields_ = [('vtable', ctypes.c_void_p),  # it has a virtual destructor
+                ('width', ctypes.c_size_t), ('height', ctypes.c_size_t),
+                ('bytes_per_pixel', ctypes.c_size_t), ('data', ctypes.c_void_p),
+                ('timestamp', ctypes.c_uint32), ('sequence', ctypes.c_uint32),
+                ('exposure', ctypes.c_float), ('gain', ctypes.c_float),
+                ('gamma', ctypes.c_float), ('status', ctypes.c_uint32),
+                ('format', ctypes.c_int)]
+
+
+#: pylibfreenect2's ``cdef class Frame``: object header, Cython's vtable pointer, the
+#: ``libfreenect2::Frame*``, ``bool take_ownership``, ``int frame_type``.
+_FRAME_PTR_OFFSET = object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)
+_FRAME_BASICSIZE = _FRAME_PTR_OFFSET + ctypes.sizeof(ctypes.c_void_p) + 8
+
+
+def frame_format(frame: Any) -> Optional[int]:
+    """Return the libfreenect2 ``Frame::Format`` of *frame*, a pylibfreenect2 ``Frame``.
+
+    A binding that has a ``format`` attribute answers it; r9y9/pylibfreenect2 does not
+    wrap the field, so this reads it from the C++ frame (as :py:func:`is_null_device`
+    reads the device pointer), after checking that the layout is the one expected: the
+    frame's width, height, bytes per pixel and data pointer where the binding says.
+    Returns None when it cannot tell (another layout, a NULL frame).
+    """
+    value = getattr(frame, 'format', None)
+    if value is not None:
+        return int(value)
+    cls = type(frame)
+    if (platform.python_implementation() != 'CPython' or cls.__name__ != 'Frame'
+            or cls.__module__ != 'pylibfreenect2.libfreenect2' or cls.__itemsize__
+            or cls.__basicsize__ != _FRAME_BASICSIZE):
+        return None
+    pointer = ctypes.c_void_p.from_address(id(frame) + _FRAME_PTR_OFFSET).value
+    if not pointer:
+        return None
+    header = _CFrameHeader.from_address(pointer)
+    if ((header.width, header.height, header.bytes_per_pixel)
+            != (frame.width, frame.height, frame.bytes_per_pixel)
+            or header.data != frame.asarray(np.uint8).ctypes.data):
+        return None
+    return int(header.format)
+
+
+def color_to_bgrx(frame: Any) -> npt.NDArray[np.uint8]:
+    """Return a copy of the colour *frame* (a pylibfreenect2 ``Frame``) as BGRX pixels.
+
+    (height, width, 4) uint8, from ``asarray(np.uint8)``; an RGBX frame (libfreenect2's
+    Tegra decoder) has its R and B swapped, any other format is taken as BGRX (what every
+    other decoder gives). A copy: the frame's buffer is gone at the listener's release.
+    """
+    pixels = frame.asarray(np.uint8)
+    if frame_format(frame) != FORMAT_RGBX:
+        return np.array(pixels)
+    out = np.empty(pixels.shape, np.uint8)
+    out[..., 0] = pixels[..., 2]
+    out[..., 1] = pixels[..., 1]
+    out[..., 2] = pixels[..., 0]
+    out[..., 3] = pixels[..., 3]
+    return out
+
+
+def _streams(streams: Optional[Iterable[str]]) -> Tuple[str, ...]:
+    """Return the streams to offer for *streams* (None or empty: all), depth always in."""
+    asked = [str(name).strip() for name in streams or () if str(name).strip()]
+    asked = asked or list(STREAMS)
+    unknown = [name for name in asked if name not in STREAMS]
+    if unknown:
+        raise ValueError('unknown stream(s) {0}: of {1}'.format(
+            ', '.join(unknown), ', '.join(STREAMS)))
+    return tuple(name for name in STREAMS if name == 'depth' or name in asked)
+
+
 def _text(value: object) -> str:
     return value.decode('ascii', 'replace') if isinstance(value, bytes) else str(value)
 
@@ -189,7 +308,26 @@ def read_depth_camera(params: Any, serial: str) -> Dict[str, float]:
     for name in INTRINSIC_KEYS:
         camera[name] = float(getattr(params, name))
     if not (math.isfinite(camera['fx']) and camera['fx'] > 0):
-        raise Freenect2Unavailable(START_FAILED.format(serial, camera['fx']))
+        raise Freenect2Unavailable(START_FAILED.format(serial, camera['fx'], 'depth'))
+    return camera
+
+
+def read_color_camera(params: Any, serial: str) -> Dict[str, float]:
+    """Return the colour camera record of *params* (a ``ColorCameraParams``) of *serial*.
+
+    ``width``, ``height``, fx, fy, cx, cy; k1, k2, k3, p1, p2 are 0 (libfreenect2 gives no
+    distortion coefficients); then libfreenect2's depth-to-colour mapping terms
+    (:py:data:`COLOR_MAPPING_KEYS`). Like :py:func:`read_depth_camera`, ``fx`` not above 0
+    (never read: the start failed) raises :py:class:`Freenect2Unavailable`.
+    """
+    camera: Dict[str, float] = {'width': COLOR_WIDTH, 'height': COLOR_HEIGHT}
+    for name in INTRINSIC_KEYS:
+        camera[name] = float(getattr(params, name)) if name in ('fx', 'fy', 'cx', 'cy') \
+            else 0.0
+    for name in COLOR_MAPPING_KEYS:
+        camera[name] = float(getattr(params, name))
+    if not (math.isfinite(camera['fx']) and camera['fx'] > 0):
+        raise Freenect2Unavailable(START_FAILED.format(serial, camera['fx'], 'colour'))
     return camera
 
 
@@ -263,11 +401,22 @@ def pipeline_candidates(lib: Any, name: str = 'auto') -> List[str]:
 class Freenect2Kinect(DeviceLifetime):
     """A Kinect v2 sensor, opened by serial number, with the interface of ``MockKinect``.
 
-    ``start()`` starts the depth stream (raising :py:class:`Freenect2Unavailable` if the
-    sensor does not start), ``stop()`` stops it (``start()`` streams again), ``close()``
-    releases the sensor. Frames are read on the device's own thread: converted to uint16
-    millimetres, carrying the sensor's ``sequence`` and ``timestamp``
-    (``device_timestamp``, :py:data:`DEVICE_TICK_NS` ns ticks) and the host capture time.
+    *streams* are those it offers (:py:attr:`streams`): ``depth`` always, ``ir`` and
+    ``color`` unless left out. ``start()`` starts them (raising
+    :py:class:`Freenect2Unavailable` if the sensor does not start), ``stop()`` stops them
+    (``start()`` streams again), ``close()`` releases the sensor. Frames are read on the
+    device's own thread: depth converted to uint16 millimetres, IR to uint16 amplitude
+    (the same ``sequence`` and timestamps as the depth of that capture), colour to BGRX
+    pixels; each carries the sensor's ``sequence`` and ``timestamp``
+    (``device_timestamp``, :py:data:`DEVICE_TICK_NS` ns ticks, one clock for both
+    cameras) and the host capture time.
+
+    Colour has a listener of its own, apart from IR and depth (libfreenect2's
+    ``SyncMultiFrameListener`` waits for every type it listens for, so colour at 15 fps in
+    low light would throttle depth); the thread polls both. A colour stream silent for
+    *frame_timeout* seconds (*start_timeout* before its first frame) while depth flows is
+    reported once by :py:attr:`on_stream_lost` and the log, and depth goes on; it is
+    reported back in the log when it comes again.
 
     No frame within *start_timeout* seconds of a start is a pipeline failure: the sensor
     is closed and opened again with the next of *pipeline*'s candidates (the log says
@@ -279,19 +428,34 @@ class Freenect2Kinect(DeviceLifetime):
 
     #: Emitted with keyword argument ``depth_frame`` for each new frame (device thread).
     on_depth_frame = Signal()
+    #: Emitted with keyword argument ``ir_frame`` (an ``IrFrame``) for each capture.
+    on_ir_frame = Signal()
+    #: Emitted with keyword argument ``color_frame`` (a ``ColorFrame`` of BGRX pixels).
+    on_color_frame = Signal()
     #: Emitted (no arguments) when the sensor stops delivering: unplugged or failed.
     on_device_lost = Signal()
+    #: Emitted with keyword argument ``stream`` (``'color'``) when that stream stops while
+    #: depth goes on.
+    on_stream_lost = Signal()
+
+    #: Nanoseconds per tick of ``device_timestamp`` (for pairing colour with depth).
+    device_tick_ns: int = DEVICE_TICK_NS
 
     def __init__(self, context: Any, serial: Union[str, bytes],
                  pipeline: Union[str, Sequence[str]] = 'auto', min_depth: float = 500,
                  max_depth: float = 4500, frame_timeout: float = 2.0,
-                 start_timeout: float = 5.0, lib: Any = None) -> None:
+                 start_timeout: float = 5.0, lib: Any = None,
+                 streams: Optional[Iterable[str]] = None) -> None:
         """Open sensor *serial* (str or bytes) through the ``Freenect2`` *context*.
 
         *pipeline* is a pipeline name (see :py:func:`pipeline_candidates`) or a list of
-        candidate names it returned. Raises :py:class:`Freenect2Unavailable` if the
-        sensor cannot be opened.
+        candidate names it returned. *streams*: the streams to offer, of ``depth``, ``ir``
+        and ``color`` (None or empty: all three; depth is always offered). Raises
+        ValueError for an unknown stream, :py:class:`Freenect2Unavailable` if the sensor
+        cannot be opened.
         """
+        #: The streams offered, in the order of :py:data:`~streamkinect2.device.STREAMS`.
+        self.streams: Tuple[str, ...] = _streams(streams)
         self._lib: Any = lib or _import_pylibfreenect2()
         self._context: Any = context  # libfreenect2 deletes its devices with the context
         self._serial = serial if isinstance(serial, bytes) else str(serial).encode('ascii')
@@ -312,6 +476,10 @@ class Freenect2Kinect(DeviceLifetime):
         self.pipeline_name: str
         #: Intrinsics of the depth camera, read at start (None before the first start).
         self.depth_camera: Optional[Dict[str, float]] = None
+        #: The colour camera record (:py:func:`read_color_camera`), read at start when
+        #: colour is offered (None before).
+        self.color_camera: Optional[Dict[str, float]] = None
+        self._color_listener: Optional[Any] = None
         #: True once the sensor is lost (see :py:attr:`on_device_lost`).
         self.lost = False
         self._open(self._candidates)
@@ -335,9 +503,15 @@ class Freenect2Kinect(DeviceLifetime):
                 log.warning('Kinect %s: this pylibfreenect2 cannot be checked for a failed '
                             'open (a NULL device crashes on first use)',
                             self.unique_kinect_id)
-            listener = lib.SyncMultiFrameListener(lib.FrameType.Depth)
+            types = lib.FrameType.Depth | (lib.FrameType.Ir if 'ir' in self.streams else 0)
+            listener = lib.SyncMultiFrameListener(int(types))
             device.setIrAndDepthFrameListener(listener)
+            color_listener = None
+            if 'color' in self.streams:
+                color_listener = lib.SyncMultiFrameListener(int(lib.FrameType.Color))
+                device.setColorFrameListener(color_listener)
             self._device, self._listener, self.pipeline_name = device, listener, name
+            self._color_listener = color_listener
             log.info('Kinect %s opened with the %s pipeline', self.unique_kinect_id, name)
             return
         raise Freenect2Unavailable('could not open sensor {0}: no libfreenect2 pipeline of '
@@ -350,12 +524,17 @@ class Freenect2Kinect(DeviceLifetime):
         if device is None or listener is None:
             raise Freenect2Unavailable('Kinect {0} is closed; open it again'.format(
                 self.unique_kinect_id))
-        if listener.hasNewFrame():  # left from before the last stop(): not this run's
-            listener.release(listener.waitForNewFrame())
-        device.startStreams(False, True)
+        for waiting in (listener, self._color_listener):
+            # Left from before the last stop(): not this run's.
+            if waiting is not None and waiting.hasNewFrame():
+                waiting.release(waiting.waitForNewFrame())
+        device.startStreams(self._color_listener is not None, True)
         try:
             self.depth_camera = read_depth_camera(device.getIrCameraParams(),
                                                   self.unique_kinect_id)
+            if self._color_listener is not None:
+                self.color_camera = read_color_camera(device.getColorCameraParams(),
+                                                      self.unique_kinect_id)
         except Freenect2Unavailable:
             device.stop()
             raise
@@ -428,52 +607,94 @@ class Freenect2Kinect(DeviceLifetime):
                 self._start_streams()
         return True
 
+    def _read_depth(self, listener: Any) -> None:
+        """Take the depth (and IR) frames waiting in *listener*; emit them."""
+        captured = time.time_ns()
+        frames = listener.waitForNewFrame()
+        try:
+            depth = frames['depth']
+            pixels = depth_to_uint16(depth.asarray(np.float32), self.min_depth,
+                                     self.max_depth)
+            sequence, device_time = depth.sequence, depth.timestamp
+            ir = ir_to_uint16(frames['ir'].asarray(np.float32)) if 'ir' in self.streams \
+                else None
+        finally:
+            listener.release(frames)
+        send_isolated(self.on_depth_frame, self, depth_frame=DepthFrame(
+            pixels, sequence=sequence, timestamp_ns=captured, device_timestamp=device_time))
+        if ir is not None:
+            send_isolated(self.on_ir_frame, self, ir_frame=IrFrame(
+                ir, sequence=sequence, timestamp_ns=captured, device_timestamp=device_time))
+
+    def _read_color(self, listener: Any) -> None:
+        """Take the colour frame waiting in *listener*; emit it."""
+        captured = time.time_ns()
+        frames = listener.waitForNewFrame()
+        try:
+            color = frames['color']
+            pixels = color_to_bgrx(color)
+            sequence, device_time = color.sequence, color.timestamp
+        finally:
+            listener.release(frames)
+        send_isolated(self.on_color_frame, self, color_frame=ColorFrame(
+            pixels, sequence=sequence, timestamp_ns=captured, device_timestamp=device_time))
+
     def _run(self) -> None:
-        buffer = np.empty((DEPTH_HEIGHT, DEPTH_WIDTH), np.uint16)
-        started = last_frame = time.monotonic()
-        streaming = False  # a frame has come since the start
+        started = last_frame = last_color = time.monotonic()
+        streaming = False  # a depth frame has come since the start
+        color_seen = False  # a colour frame has come since the start
+        color_silent = False  # reported lost, not back yet
         tried = [self.pipeline_name]
         try:
             while not self._stop_event.is_set():
-                listener = self._listener
+                listener, color_listener = self._listener, self._color_listener
                 if listener is None:
                     raise Freenect2Unavailable('the sensor was closed')
                 # Poll rather than block: waitForNewFrame(milliseconds=) ignores its
                 # timeout in libfreenect2's default build (ENABLE_CXX11=OFF), and would
-                # block for good on a silent sensor.
-                if not listener.hasNewFrame():
-                    now = time.monotonic()
-                    if not streaming and now - started > self.start_timeout:
-                        if not self._reopen():
-                            raise Freenect2Unavailable(NO_FRAME.format(
-                                self.start_timeout, 'the {0} pipeline'.format(tried[0])
-                                if len(tried) == 1 else 'any pipeline ({0})'.format(
-                                    ', '.join(tried))))
-                        tried.append(self.pipeline_name)
-                        started = time.monotonic()
-                        continue
-                    if streaming and now - last_frame > self.frame_timeout:
-                        raise Freenect2Unavailable('no frame for {0:.1f} s'.format(
-                            self.frame_timeout))
-                    self._stop_event.wait(POLL_PERIOD)
+                # block for good on a silent sensor. Polling both listeners, neither
+                # stream waits for the other.
+                got = False
+                if color_listener is not None and color_listener.hasNewFrame():
+                    self._read_color(color_listener)
+                    last_color, color_seen, got = time.monotonic(), True, True
+                    if color_silent:
+                        color_silent = False
+                        log.info('Kinect %s: colour frames are back', self.unique_kinect_id)
+                if listener.hasNewFrame():
+                    self._read_depth(listener)
+                    last_frame, got = time.monotonic(), True
+                    if not streaming:
+                        streaming = True
+                        log.info('Kinect %s streaming depth with the %s pipeline',
+                                 self.unique_kinect_id, self.pipeline_name)
+                if got:
                     continue
-                captured = time.time_ns()
-                frames = listener.waitForNewFrame()
-                try:
-                    depth = frames['depth']
-                    pixels = depth_to_uint16(depth.asarray(np.float32), self.min_depth,
-                                             self.max_depth, out=buffer)
-                    sequence, device_time = depth.sequence, depth.timestamp
-                finally:
-                    listener.release(frames)
-                last_frame = time.monotonic()
-                if not streaming:
-                    streaming = True
-                    log.info('Kinect %s streaming depth with the %s pipeline',
-                             self.unique_kinect_id, self.pipeline_name)
-                frame = DepthFrame(pixels.copy(), sequence=sequence, timestamp_ns=captured,
-                                   device_timestamp=device_time)
-                send_isolated(self.on_depth_frame, self, depth_frame=frame)
+                now = time.monotonic()
+                if not streaming and now - started > self.start_timeout:
+                    if not self._reopen():
+                        raise Freenect2Unavailable(NO_FRAME.format(
+                            self.start_timeout, 'the {0} pipeline'.format(tried[0])
+                            if len(tried) == 1 else 'any pipeline ({0})'.format(
+                                ', '.join(tried))))
+                    tried.append(self.pipeline_name)
+                    started = last_color = time.monotonic()
+                    continue
+                if streaming and now - last_frame > self.frame_timeout:
+                    raise Freenect2Unavailable('no frame for {0:.1f} s'.format(
+                        self.frame_timeout))
+                color_timeout = self.frame_timeout if color_seen else max(
+                    self.frame_timeout, self.start_timeout)
+                # Lost only while depth flows: depth frames kept coming for the whole
+                # timeout after the last colour frame (a silent sensor is lost as a whole).
+                if (color_listener is not None and not color_silent
+                        and last_frame - last_color > color_timeout):
+                    color_silent = True
+                    log.error(NO_COLOR.format(self.unique_kinect_id, now - last_color,
+                                              'since the last' if color_seen else
+                                              'since the start'))
+                    send_isolated(self.on_stream_lost, self, stream='color')
+                self._stop_event.wait(POLL_PERIOD)
         except Exception as err:
             self.lost = True
             log.error('Kinect %s lost: %s', self.unique_kinect_id, err)
@@ -487,15 +708,20 @@ class Freenect2Kinect(DeviceLifetime):
 
 def open_devices(serials: Optional[Iterable[str]] = None, pipeline: str = 'auto',
                  min_depth: float = 500, max_depth: float = 4500, frame_timeout: float = 2.0,
-                 start_timeout: float = 5.0) -> List[Freenect2Kinect]:
+                 start_timeout: float = 5.0,
+                 streams: Optional[Iterable[str]] = None) -> List[Freenect2Kinect]:
     """Open the sensors with the given serial numbers (None or empty: every one).
+
+    Each offers *streams* (see :py:class:`Freenect2Kinect`; None or empty: depth, IR and
+    colour).
 
     A sensor that cannot be opened is logged, with the likely causes, and left out; the
     others are returned. Raises :py:class:`Freenect2Unavailable` if pylibfreenect2 is
     missing, no sensor is connected, a serial asked for is not connected (the message
     lists those that are), or none of them can be opened (the message says why for each);
-    ValueError for an unknown *pipeline*.
+    ValueError for an unknown *pipeline* or stream.
     """
+    streams = _streams(streams)  # ValueError before any sensor is touched
     lib = _import_pylibfreenect2()
     context = lib.Freenect2()
     available = _serials(context)
@@ -514,7 +740,8 @@ def open_devices(serials: Optional[Iterable[str]] = None, pipeline: str = 'auto'
     for serial in wanted:
         try:
             devices.append(Freenect2Kinect(context, available[serial], candidates, min_depth,
-                                           max_depth, frame_timeout, start_timeout, lib=lib))
+                                           max_depth, frame_timeout, start_timeout, lib=lib,
+                                           streams=streams))
         except Freenect2Unavailable as err:
             failures.append(str(err))
     if not devices:

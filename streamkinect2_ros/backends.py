@@ -63,7 +63,21 @@ def mock_devices(options):
     if not fps > 0:
         raise BackendError('mock_fps must be positive, got {0}'.format(fps))
     ids += [None] * (count - len(ids))
-    return [MockKinect(fps=fps, unique_kinect_id=kinect_id or None) for kinect_id in ids]
+    streams = _streams_option(options)
+    return [MockKinect(fps=fps, unique_kinect_id=kinect_id or None, **streams)
+            for kinect_id in ids]
+
+
+def _streams_option(options):
+    """Return ``{'streams': [...]}`` from the node's ``streams`` (served), or ``{}``.
+
+    A device then makes only the streams served (a sensor opens no colour listener when
+    colour is not served); depth is always made.
+    """
+    streams = [str(s) for s in options.get('streams') or [] if s]
+    if not streams:
+        return {}
+    return {'streams': ['depth'] + [s for s in streams if s != 'depth']}
 
 
 def freenect2_devices(options):
@@ -72,8 +86,9 @@ def freenect2_devices(options):
     Depth outside ``freenect2_min_depth`` .. ``freenect2_max_depth`` (mm) becomes 0; no
     frame within ``freenect2_start_timeout`` seconds of the start moves a sensor to the
     next pipeline; a sensor silent for ``freenect2_frame_timeout`` seconds is reported
-    lost. A sensor that cannot be opened is logged and left out; the error says why when
-    none can be.
+    lost. ``freenect2_streams`` lists the streams offered, of depth, ir and color (empty:
+    all three; depth always). A sensor that cannot be opened is logged and left out; the
+    error says why when none can be.
     """
     from streamkinect2.freenect2_device import Freenect2Unavailable, open_devices
     try:
@@ -83,7 +98,9 @@ def freenect2_devices(options):
             min_depth=int(options.get('freenect2_min_depth', 500)),
             max_depth=int(options.get('freenect2_max_depth', 4500)),
             frame_timeout=float(options.get('freenect2_frame_timeout', 2.0)),
-            start_timeout=float(options.get('freenect2_start_timeout', 5.0)))
+            start_timeout=float(options.get('freenect2_start_timeout', 5.0)),
+            streams=_streams_option(options).get('streams') or [
+                str(s) for s in options.get('freenect2_streams') or []])
     except (Freenect2Unavailable, ValueError) as err:
         raise BackendError('device "freenect2": {0}'.format(err)) from None
     except TypeError as err:  # an API this backend does not know

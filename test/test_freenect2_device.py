@@ -20,8 +20,9 @@ import pytest
 from streamkinect2 import freenect2_device
 from streamkinect2.client import Client
 from streamkinect2.common import EndpointType
+from streamkinect2.device import ColorFrame, IrFrame
 from streamkinect2.freenect2_device import (depth_to_uint16, Freenect2Kinect,
-                                            Freenect2Unavailable, open_devices)
+                                            Freenect2Unavailable, ir_to_uint16, open_devices)
 from streamkinect2.server import Server
 from streamkinect2_ros import backends
 
@@ -296,9 +297,11 @@ def test_a_sensor_that_does_not_start_is_reported_not_served_with_empty_intrinsi
 # --- the sensor clock (defect 6), conversion, intrinsics ------------------------------
 
 def test_frames_carry_the_sensor_clock_and_convert_exactly(lib):
+    """A sensor opened for depth alone streams as before IR and colour were added."""
     sources = depth_frames()
     lib.SCENARIO.reset([lib.Sensor('A1', sources, fps=30)])
-    device = open_devices(min_depth=500, max_depth=4500)[0]
+    device = open_devices(min_depth=500, max_depth=4500, streams=['depth'])[0]
+    assert device.streams == ('depth',)
     frames, done, handler = _collect(device, 6)
     with device:
         assert done.wait(10)
@@ -307,6 +310,8 @@ def test_frames_carry_the_sensor_clock_and_convert_exactly(lib):
     Freenect2Kinect.on_depth_frame.disconnect(handler, device)
     calls = lib.SCENARIO.sensors[0].calls
     assert calls[:2] == ['setIrAndDepthFrameListener', 'startStreams(False, True)']
+    assert lib.SCENARIO.opened[0].listener._subscribed == lib.FrameType.Depth
+    assert device.color_camera is None
     # libfreenect2's clock: 0.125 ms a tick, 266 ticks a frame at 30 Hz.
     tick_ns = freenect2_device.DEVICE_TICK_NS
     assert tick_ns == 125000
@@ -433,3 +438,237 @@ def test_server_node_with_a_sensor_to_client_node_image_and_intrinsics(monkeypat
         count = len(images)
         sub.spin_until(lambda: len(images) > count + 10, 10.0, 'Images after the unplug')
         assert server.stop() == 0, server.output()
+
+
+# --- IR and colour ----------------------------------------------------------------------
+
+def test_ir_conversion_at_the_edges():
+    """libfreenect2 IR is float32 0-65535: rounded (halves to even), clipped, NaN 0."""
+    values = np.array([[np.nan, np.inf, -np.inf, -3.0, -0.4, 0.0, 0.4, 0.5, 0.6, 1.5, 2.5,
+                        1234.5, 65534.6, 65535.0, 65535.4, 65535.6, 70000.0, 1e30]],
+                      np.float32)
+    assert ir_to_uint16(values).tolist() == [[
+        0, 65535, 0, 0, 0, 0, 0, 0, 1, 2, 2, 1234, 65535, 65535, 65535, 65535, 65535,
+        65535]]
+    out = np.full((1, 18), 7, np.uint16)
+    assert ir_to_uint16(values, out=out) is out and out[0, 0] == 0
+
+
+def ir_frames(count=4):
+    """Float32 IR amplitude frames with the edge cases, different from frame to frame."""
+    edges = np.array([np.nan, -1.0, 0.0, 0.5, 1.5, 17.25, 300.5, 301.5, 65535.0, 65535.7,
+                      9e9], np.float32)
+    base = np.resize(edges, (424, 512))
+    return [np.roll(base, 3 * k + 1, axis=1) for k in range(count)]
+
+
+def color_frames(count=2):
+    """BGRX frames whose channels all differ, different from frame to frame."""
+    rng = np.random.default_rng(7)
+    return [rng.integers(0, 256, (1080, 1920, 4), dtype=np.uint8) for _ in range(count)]
+
+
+class Collector(object):
+    """Collect a device's depth, IR and colour frames and lost streams."""
+
+    def __init__(self, device):
+        self.device = device
+        self.depth, self.ir, self.color, self.lost_streams = [], [], [], []
+        self.changed = threading.Condition()
+        self._handlers = [
+            (Freenect2Kinect.on_depth_frame, lambda sender, depth_frame: self._add(
+                self.depth, depth_frame)),
+            (Freenect2Kinect.on_ir_frame, lambda sender, ir_frame: self._add(
+                self.ir, ir_frame)),
+            (Freenect2Kinect.on_color_frame, lambda sender, color_frame: self._add(
+                self.color, color_frame)),
+            (Freenect2Kinect.on_stream_lost, lambda sender, stream: self._add(
+                self.lost_streams, stream))]
+        for signal, handler in self._handlers:
+            signal.connect(handler, device)
+
+    def _add(self, frames, frame):
+        with self.changed:
+            frames.append(frame)
+            self.changed.notify_all()
+
+    def wait(self, predicate, timeout=15.0):
+        with self.changed:
+            assert self.changed.wait_for(predicate, timeout), 'timed out'
+
+    def close(self):
+        for signal, handler in self._handlers:
+            signal.disconnect(handler, self.device)
+
+
+def test_ir_comes_with_the_depth_of_its_capture_and_converts_exactly(lib):
+    depth_sources, ir_sources = depth_frames(), ir_frames()
+    lib.SCENARIO.reset([lib.Sensor('A1', depth_sources, fps=30, ir_frames=ir_sources)])
+    device = open_devices(streams=['depth', 'ir'])[0]
+    assert device.streams == ('depth', 'ir')
+    frames = Collector(device)
+    try:
+        with device:
+            frames.wait(lambda: len(frames.ir) >= 5)
+    finally:
+        frames.close()
+    assert lib.SCENARIO.opened[0].listener._subscribed == lib.FrameType.Ir | lib.FrameType.Depth
+    assert 'setColorFrameListener' not in lib.SCENARIO.sensors[0].calls
+    assert not frames.color and device.color_camera is None
+    depth_by_sequence = {f.sequence: f for f in frames.depth}
+    for ir in frames.ir:
+        assert type(ir) is IrFrame and ir.shape == (512, 424)
+        index = ir.sequence - 1000
+        assert np.array_equal(ir.array, ir_to_uint16(ir_sources[index % len(ir_sources)]))
+        depth = depth_by_sequence[ir.sequence]
+        assert (ir.timestamp_ns, ir.device_timestamp) == (depth.timestamp_ns,
+                                                          depth.device_timestamp)
+        assert ir.device_timestamp == index * 266
+
+
+@pytest.mark.parametrize('decoder', ['bgrx', 'rgbx'])
+def test_colour_frames_are_bgrx_with_their_own_stamps(lib, monkeypatch, decoder):
+    """Colour is BGRX: TurboJPEG gives it, Tegra gives RGBX (Frame::format).
+
+    pylibfreenect2 does not wrap ``Frame::format``; the backend reads it from the C++
+    frame (test_freenect2_real.py checks that against the real binding). The stand-in's
+    frames are Python objects, so here the reader is pointed at the stand-in's field.
+    """
+    monkeypatch.setattr(freenect2_device, 'frame_format', lambda frame: frame._c().format)
+    sources = color_frames()
+    fmt = lib.FORMAT_RGBX if decoder == 'rgbx' else lib.FORMAT_BGRX
+    lib.SCENARIO.reset([lib.Sensor('A1', depth_frames(), fps=30, color_frames=sources,
+                                   color_format=fmt, first_sequence=500)])
+    device = open_devices()[0]
+    assert device.streams == ('depth', 'ir', 'color')
+    assert device.device_tick_ns == 125000
+    frames = Collector(device)
+    try:
+        with device:
+            frames.wait(lambda: len(frames.color) >= 3)
+            assert device.color_camera['fx'] == pytest.approx(1081.37)
+    finally:
+        frames.close()
+    assert lib.SCENARIO.sensors[0].calls[:3] == [
+        'setIrAndDepthFrameListener', 'setColorFrameListener', 'startStreams(True, True)']
+    assert lib.SCENARIO.opened[0].color_listener._subscribed == lib.FrameType.Color
+    sequences = [f.sequence for f in frames.color]
+    assert sequences == list(range(500, 500 + len(sequences)))
+    for frame in frames.color:
+        assert type(frame) is ColorFrame and not frame.paired
+        assert frame.pixels.shape == (1080, 1920, 4) and frame.pixels.dtype == np.uint8
+        assert frame.shape == (1920, 1080) and frame.jpeg is None
+        source = sources[(frame.sequence - 500) % len(sources)]
+        assert np.array_equal(frame.pixels, source)  # B, G, R, X whatever the decoder
+        assert np.array_equal(frame.array, source[:, :, :3])
+        assert abs(time.time() - frame.timestamp) < 10
+    # Device time on the clock of depth, in the same 0.125 ms ticks.
+    last_depth = max(f.device_timestamp for f in frames.depth)
+    assert 0 < frames.color[-1].device_timestamp <= last_depth + 266
+
+
+def test_the_colour_camera_record(lib):
+    params = dict(lib.DEFAULT_COLOR_PARAMS, fx=1060.5, fy=1061.25, cx=955.75, cy=540.5,
+                  shift_m=52.5, my_x0y0=0.015625)
+    lib.SCENARIO.reset([lib.Sensor('A1', depth_frames(), color_params=params)])
+    device = open_devices()[0]
+    with device:
+        camera = device.color_camera
+    assert (camera['width'], camera['height']) == (1920, 1080)
+    assert [camera[k] for k in ('fx', 'fy', 'cx', 'cy')] == [1060.5, 1061.25, 955.75, 540.5]
+    assert [camera[k] for k in ('k1', 'k2', 'k3', 'p1', 'p2')] == [0.0] * 5
+    assert camera['shift_m'] == 52.5 and camera['my_x0y0'] == 0.015625
+    assert set(camera) == {'width', 'height', 'fx', 'fy', 'cx', 'cy', 'k1', 'k2', 'k3',
+                           'p1', 'p2'} | set(freenect2_device.COLOR_MAPPING_KEYS)
+    assert camera['mx_x1y0'] == float(np.float32(params['mx_x1y0']))  # C floats
+    device.close()
+
+
+def test_unread_colour_parameters_fail_the_start(lib):
+    lib.SCENARIO.reset([lib.Sensor('A1', depth_frames(), color_params=dict(
+        lib.DEFAULT_COLOR_PARAMS, fx=0.0))])
+    device = open_devices()[0]
+    with pytest.raises(Freenect2Unavailable, match='could not start sensor A1: its colour '
+                       'camera parameters read back empty'):
+        device.start()
+    assert not device.is_running and lib.SCENARIO.sensors[0].calls[-1] == 'stop'
+    device.close()
+    # Without colour the colour parameters are not needed.
+    lib.SCENARIO.reset([lib.Sensor('A1', depth_frames(), color_params=dict(
+        lib.DEFAULT_COLOR_PARAMS, fx=0.0))])
+    device = open_devices(streams=['depth', 'ir'])[0]
+    with device:
+        assert device.is_running
+    device.close()
+
+
+def test_depth_is_not_throttled_by_slow_colour(lib):
+    """Colour at 5 fps (low light is 15) while depth comes at 30: depth keeps its rate.
+
+    One SyncMultiFrameListener for all three types would hand out a map only when colour
+    came too: depth at the colour rate (test_freenect2_standin.py shows the listener
+    doing so).
+    """
+    lib.SCENARIO.reset([lib.Sensor('A1', depth_frames(), fps=30, color_fps=5)])
+    device = open_devices(frame_timeout=5.0)[0]
+    frames = Collector(device)
+    try:
+        with device:
+            frames.wait(lambda: len(frames.color) >= 4)
+            depth_count, color_count = len(frames.depth), len(frames.color)
+    finally:
+        frames.close()
+    # Between colour frames 6 depth captures come; one map per colour frame would be 1.
+    assert depth_count >= 3 * color_count, (depth_count, color_count)
+    assert len(frames.ir) >= len(frames.depth) - 1
+    assert not frames.lost_streams
+
+
+def test_a_lost_colour_stream_is_reported_and_depth_goes_on(lib, caplog):
+    lib.SCENARIO.reset([lib.Sensor('A1', depth_frames(), fps=30, color_stops_after=3)])
+    device = open_devices(frame_timeout=0.5)[0]
+    frames = Collector(device)
+    try:
+        with device:
+            frames.wait(lambda: frames.lost_streams)
+            count = len(frames.depth)
+            frames.wait(lambda: len(frames.depth) >= count + 10)
+            assert device.is_running and not device.lost
+    finally:
+        frames.close()
+    assert frames.lost_streams == ['color'] and len(frames.color) == 3
+    errors = [m for m in messages(caplog, logging.ERROR) if 'no colour frame' in m]
+    assert len(errors) == 1 and errors[0].startswith(
+        'Kinect A1: no colour frame for 0.') and 'depth goes on' in errors[0], errors
+    device.close()
+
+
+def test_a_colour_stream_that_never_starts_is_reported(lib):
+    lib.SCENARIO.reset([lib.Sensor('A1', depth_frames(), fps=30, color_stops_after=0)])
+    device = open_devices(frame_timeout=0.2, start_timeout=0.5)[0]
+    frames = Collector(device)
+    try:
+        with device:
+            frames.wait(lambda: frames.lost_streams)
+            assert device.is_running and frames.depth
+    finally:
+        frames.close()
+    assert frames.lost_streams == ['color'] and not frames.color
+    device.close()
+
+
+def test_streams_to_offer(lib):
+    lib.SCENARIO.reset([lib.Sensor('A1', depth_frames())])
+    with pytest.raises(ValueError, match='unknown stream'):
+        open_devices(streams=['depth', 'rgb'])
+    assert not lib.SCENARIO.opened  # refused before any sensor was touched
+    device = open_devices(streams=['color'])[0]  # depth is always offered
+    assert device.streams == ('depth', 'color')
+    device.close()
+    for option, expected in (([], ('depth', 'ir', 'color')), ([''], ('depth', 'ir', 'color')),
+                             (['ir'], ('depth', 'ir'))):
+        device = backends.create_devices('freenect2', {'freenect2_streams': option})[0]
+        assert device.streams == expected
+        device.close()
+    with pytest.raises(backends.BackendError, match='unknown stream'):
+        backends.create_devices('freenect2', {'freenect2_streams': ['colour']})

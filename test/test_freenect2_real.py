@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 import pytest
+from streamkinect2.freenect2_device import COLOR_MAPPING_KEYS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -128,6 +129,62 @@ def test_unread_camera_parameters_are_rejected(real):
                                  'p1': 0.0, 'p2': 0.0}.items()))
 
 
+def test_unread_colour_camera_parameters_are_rejected(real):
+    """The real ColorCameraParams: fx, fy, cx, cy and the mapping terms, C floats."""
+    out = check(run_python("""
+        import pylibfreenect2 as lib
+        from streamkinect2.freenect2_device import (COLOR_MAPPING_KEYS,
+                                                    Freenect2Unavailable, read_color_camera)
+        params = lib.ColorCameraParams()
+        try:
+            read_color_camera(params, 'A1')
+        except Freenect2Unavailable as err:
+            print_out('REJECTED', err)
+        params.fx, params.fy, params.cx, params.cy = 1081.5, 1081.25, 959.5, 539.5
+        for k, name in enumerate(COLOR_MAPPING_KEYS):
+            setattr(params, name, k + 0.5)
+        print_out(sorted(read_color_camera(params, 'A1').items()))
+    """), 'read_color_camera')
+    rejected, camera = out.splitlines()
+    assert rejected.startswith('REJECTED could not start sensor A1: its colour camera ')
+    assert 'fx = 0' in rejected
+    expected = {'width': 1920, 'height': 1080, 'fx': 1081.5, 'fy': 1081.25, 'cx': 959.5,
+                'cy': 539.5, 'k1': 0.0, 'k2': 0.0, 'k3': 0.0, 'p1': 0.0, 'p2': 0.0}
+    expected.update((name, k + 0.5) for k, name in enumerate(COLOR_MAPPING_KEYS))
+    assert camera == str(sorted(expected.items()))
+
+
+def test_the_colour_format_is_read_from_the_real_frame(real):
+    """pylibfreenect2 does not wrap Frame::format: it is read from the C++ frame.
+
+    The reader checks the layout first (width, height, bytes per pixel and data pointer
+    where the binding reports them); a fresh frame is Frame::Invalid (0), a NULL one
+    (a type the listener did not deliver) cannot be told and is not dereferenced.
+    """
+    out = check(run_python("""
+        import ctypes
+        import numpy as np
+        import pylibfreenect2 as lib
+        from streamkinect2 import freenect2_device as fd
+        frame = lib.Frame(1920, 1080, 4, frame_type=lib.FrameType.Color)
+        print_out(fd.frame_format(frame))
+        print_out(fd.frame_format(lib.FrameMap()['color']))  # NULL: None, no segfault
+        print_out(fd.frame_format(lib.IrCameraParams()))  # not a frame
+        # As libfreenect2's Tegra decoder does: frame->format = Frame::RGBX.
+        pointer = ctypes.c_void_p.from_address(id(frame) + fd._FRAME_PTR_OFFSET).value
+        header = fd._CFrameHeader.from_address(pointer)
+        header.format = fd.FORMAT_RGBX
+        print_out(fd.frame_format(frame))
+        pixels = frame.asarray(np.uint8)
+        pixels[...] = (30, 20, 10, 255)  # R, G, B, X
+        print_out(fd.color_to_bgrx(frame)[3, 4].tolist())
+        header.format = fd.FORMAT_BGRX
+        print_out(fd.frame_format(frame), fd.color_to_bgrx(frame)[3, 4].tolist())
+    """), 'frame_format')
+    assert out.splitlines() == ['0', 'None', 'None', '5', '[10, 20, 30, 255]',
+                                '4 [30, 20, 10, 255]']
+
+
 def test_the_backend_without_a_sensor_names_the_cause(real):
     out = check(run_python("""
         from streamkinect2_ros import backends
@@ -184,10 +241,23 @@ def message(call):
         return '{0}: {1}'.format(type(err).__name__, err)
 
 
-def set_fx(value):
-    params = lib.IrCameraParams()
+def set_fx(value, cls=None):
+    params = (cls or lib.IrCameraParams)()
     params.fx = value
     return params.fx
+
+
+def color_params_fields():
+    params = lib.ColorCameraParams()
+    return [(name, type(getattr(params, name)).__name__, getattr(params, name))
+            for name in dir(params) if not name.startswith('_')]
+
+
+def set_color_params():
+    params = lib.ColorCameraParams()
+    for k, name in enumerate(n for n in dir(params) if not n.startswith('_')):
+        setattr(params, name, 0.1 * k + 0.01)
+    return [getattr(params, name) for name in dir(params) if not name.startswith('_')]
 
 
 def frame(frame_type=-1, **kwargs):
@@ -245,6 +315,36 @@ checks = [
     ('IrCameraParams(fx=1).fx', lambda: lib.IrCameraParams(fx=1).fx),
     ('IrCameraParams().zz = 1', lambda: setattr(lib.IrCameraParams(), 'zz', 1)),
     ('Freenect2Device() is NULL', lambda: lib.Freenect2Device()),
+    ('IrCameraParams().fx = str', lambda: set_fx('1.5')),
+    # Colour (issue 10): the colour camera's parameters, colour frames, listener masks.
+    ('ColorCameraParams() fields', color_params_fields),
+    ('ColorCameraParams() set', set_color_params),
+    ('ColorCameraParams().fx = 1081.37', lambda: set_fx(1081.37, lib.ColorCameraParams)),
+    ('ColorCameraParams().fx = str', lambda: set_fx('1.5', lib.ColorCameraParams)),
+    ('ColorCameraParams(fx=1).fx', lambda: lib.ColorCameraParams(fx=1).fx),
+    ('ColorCameraParams().k1', lambda: lib.ColorCameraParams().k1),
+    ('ColorCameraParams().zz = 1', lambda: setattr(lib.ColorCameraParams(), 'zz', 1)),
+    ('Frame(1920, 1080, 4, frame_type=1).asarray()',
+     lambda: lib.Frame(1920, 1080, 4, frame_type=1).asarray()),
+    ('Frame(1920, 1080, 4, frame_type=1).asarray(float32)',
+     lambda: lib.Frame(1920, 1080, 4, frame_type=1).asarray(np.float32)),
+    ('Frame(..., frame_type=2).asarray()', lambda: frame(2).asarray()),
+    ('Frame has format', lambda: hasattr(frame(1), 'format')),
+    ('FrameMap()[FrameType.Color]', lambda: lib.FrameMap()[lib.FrameType.Color]),
+    ('FrameType.Ir | FrameType.Depth', lambda: repr(lib.FrameType.Ir | lib.FrameType.Depth)),
+    ('SyncMultiFrameListener(Ir | Depth)',
+     lambda: lib.SyncMultiFrameListener(lib.FrameType.Ir | lib.FrameType.Depth)),
+    ('SyncMultiFrameListener(Color)', lambda: lib.SyncMultiFrameListener(lib.FrameType.Color)),
+    ('SyncMultiFrameListener(Color).hasNewFrame()',
+     lambda: lib.SyncMultiFrameListener(lib.FrameType.Color).hasNewFrame()),
+    ('SyncMultiFrameListener(Color).waitForNewFrame(milliseconds=1)',
+     lambda: lib.SyncMultiFrameListener(lib.FrameType.Color).waitForNewFrame(milliseconds=1)),
+    ('SyncMultiFrameListener(Ir | Depth | Color | 8)',
+     lambda: lib.SyncMultiFrameListener(15)),
+    ('Freenect2Device().getColorCameraParams', lambda: callable(
+        lib.Freenect2Device.getColorCameraParams)),
+    ('Freenect2Device().setColorFrameListener', lambda: callable(
+        lib.Freenect2Device.setColorFrameListener)),
 ]
 for name, call in checks:
     print_out('CHECK {0} -> {1}'.format(name, outcome(call)))
@@ -273,3 +373,12 @@ def test_the_stand_in_answers_as_the_real_binding_does(real):
     assert answers['waitForNewFrame(milliseconds=0)'] == 'None'
     assert answers['frame.timestamp = 1'] == 'raises AttributeError'
     assert answers['IrCameraParams().fx = 366.1'] == repr(366.1000061035156)
+    assert answers['ColorCameraParams().fx = str'] == 'raises TypeError'
+    assert answers['Frame has format'] == 'False'  # pylibfreenect2 does not wrap it
+    assert answers['Frame(1920, 1080, 4, frame_type=1).asarray()'] == \
+        'array uint8 (1080, 1920, 4)'
+    assert answers['ColorCameraParams().k1'] == 'raises AttributeError'  # no distortion
+    fields = eval(answers['ColorCameraParams() fields'])  # a list of (name, type, value)
+    assert [name for name, _, _ in fields] == sorted(
+        ('fx', 'fy', 'cx', 'cy') + COLOR_MAPPING_KEYS)
+    assert {(kind, value) for _, kind, value in fields} == {('float', 0.0)}

@@ -64,10 +64,12 @@ def test_new_frames_are_dropped_until_release(lib):
     held_sequence = held['depth'].sequence
     wait_for(lambda: sensor.delivered >= held_sequence + 4)
     assert not listener.hasNewFrame()  # the frames that came meanwhile were dropped
-    released_at = sensor.delivered
+    # The sensor counts a frame before it reaches the listener: the one counted last may
+    # still be on its way, and arrive after the release.
+    released_at = sensor.delivered - 1
     listener.release(held)
     frames = listener.waitForNewFrame()
-    assert frames['depth'].sequence >= released_at
+    assert frames['depth'].sequence >= released_at > held_sequence + 2
     listener.release(frames)
     device.close()
 
@@ -198,3 +200,75 @@ def test_the_stream_thread_ends_with_the_device(lib):
     assert set(threading.enumerate()) - before
     device.close()
     assert not [t for t in set(threading.enumerate()) - before if t.is_alive()]
+
+
+def colour_of(value):
+    return np.full((1080, 1920, 4), value, np.uint8)
+
+
+def test_one_listener_for_every_type_runs_at_the_slowest_stream(lib):
+    """frame_listener_impl.cpp: a map is ready when every subscribed type has a frame.
+
+    So colour at 5 fps through a listener that also takes depth hands out depth at 5 fps
+    (newer depth frames replace the waiting one); a colour listener of its own does not.
+    """
+    sensor = lib.Sensor('A1', frames_of(1.0), fps=30, color_fps=5,
+                        color_frames=[colour_of(9)], first_sequence=0)
+    everything = lib.SyncMultiFrameListener()
+    context, device = opened(lib, sensor, everything, rgb=True)
+    device.setColorFrameListener(everything)
+    sequences = []
+    for _ in range(3):
+        frames = everything.waitForNewFrame()
+        sequences.append(frames['depth'].sequence)
+        assert frames['color'].asarray(np.uint8).shape == (1080, 1920, 4)
+        everything.release(frames)
+    # 6 depth captures a colour frame: the ones in between never reached the caller.
+    assert all(b - a >= 3 for a, b in zip(sequences, sequences[1:])), sequences
+    device.close()
+
+
+def test_colour_frames_carry_the_decoder_format(lib):
+    """Frame::format: BGRX from TurboJPEG, RGBX (R first) from the Tegra decoder."""
+    for fmt, first in ((lib.FORMAT_BGRX, 10), (lib.FORMAT_RGBX, 30)):
+        pixels = np.empty((1080, 1920, 4), np.uint8)
+        pixels[...] = (10, 20, 30, 255)  # B, G, R, X
+        sensor = lib.Sensor('A1', frames_of(1.0), fps=30, color_frames=[pixels],
+                            color_format=fmt, first_sequence=0)
+        listener = lib.SyncMultiFrameListener(lib.FrameType.Color)
+        lib.SCENARIO.reset([sensor])
+        context = lib.Freenect2()
+        device = context.openDevice(b'A1', pipeline=lib.CpuPacketPipeline())
+        device.setColorFrameListener(listener)
+        device.startStreams(True, False)  # colour alone
+        frames = listener.waitForNewFrame()
+        color = frames['color']
+        assert color._c().format == fmt and not hasattr(color, 'format')  # not wrapped
+        assert (color.width, color.height, color.bytes_per_pixel) == (1920, 1080, 4)
+        assert color.asarray().shape == (1080, 1920, 4)  # frame type Color: uint8
+        assert color.asarray(np.uint8)[5, 7].tolist() == [first, 20, 40 - first, 255]
+        assert color.sequence == 0 and color.timestamp % sensor.timestamp_step == 0
+        listener.release(frames)
+        assert sensor.delivered == 0  # depth was not started
+        device.close()
+
+
+def test_startstreams_reads_both_cameras_parameters(lib):
+    """libfreenect2.cpp startStreams reads the RGB camera parameters, colour on or off."""
+    sensor = lib.Sensor('A1', frames_of(1.0))
+    context = lib.Freenect2()
+    lib.SCENARIO.reset([sensor])
+    device = context.openDevice(b'A1', pipeline=lib.CpuPacketPipeline())
+    assert device.getColorCameraParams().fx == 0.0
+    device.startStreams(False, True)
+    params = device.getColorCameraParams()
+    assert params.fx == pytest.approx(1081.37) and params.shift_m == 52.0
+    assert params.mx_x1y0 == float(np.float32(0.640))
+    device.close()
+    failed = lib.Sensor('B2', frames_of(1.0), start_fails=True)
+    lib.SCENARIO.reset([failed])
+    context = lib.Freenect2()
+    device = context.openDevice(b'B2', pipeline=lib.CpuPacketPipeline())
+    device.startStreams(True, True)
+    assert device.getColorCameraParams().fx == 0.0
+    device.close()

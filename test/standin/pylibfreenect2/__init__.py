@@ -29,12 +29,18 @@ import weakref
 import numpy as np
 
 __all__ = ['FrameType', 'LoggerLevel', 'Frame', 'FrameMap', 'FrameListener',
-           'SyncMultiFrameListener', 'IrCameraParams', 'Freenect2Device', 'Freenect2',
+           'SyncMultiFrameListener', 'IrCameraParams', 'ColorCameraParams',
+           'Freenect2Device', 'Freenect2',
            'PacketPipeline', 'CpuPacketPipeline', 'SCENARIO', 'Sensor', 'WouldCrash']
 
 __version__ = '0.1.5.dev0'
 
 DEPTH_WIDTH, DEPTH_HEIGHT = 512, 424
+COLOR_WIDTH, COLOR_HEIGHT = 1920, 1080
+
+#: libfreenect2 ``Frame::Format`` (frame_listener.hpp): set by the processors, not
+#: wrapped by pylibfreenect2 (its Frame has no ``format``).
+FORMAT_INVALID, FORMAT_FLOAT, FORMAT_BGRX, FORMAT_RGBX = 0, 2, 4, 5
 
 #: libfreenect2 ``Frame::timestamp``: "Unit: 0.125 millisecond. Usually incrementing by
 #: 266 (30Hz) or 533 (15Hz)" (include/libfreenect2/frame_listener.hpp).
@@ -64,7 +70,10 @@ class LoggerLevel(enum.IntEnum):
 
 
 def _float32(value):
-    return float(np.float32(value))
+    """Convert as Cython does for a C float: a str is a TypeError, not parsed."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError('must be real number, not {0}'.format(type(value).__name__))
+    return float(np.float32(float(value)))
 
 
 class _CFrame(object):
@@ -77,6 +86,8 @@ class _CFrame(object):
         self.data = np.zeros(size, np.uint8) if data is None else data
         self.timestamp = self.sequence = 0
         self.exposure = self.gain = self.gamma = 0.0
+        self.status = 0
+        self.format = FORMAT_INVALID  # Frame::Format; the processors set it
         self.deleted = False
 
     def delete(self):
@@ -296,6 +307,45 @@ class IrCameraParams(object):
         object.__setattr__(self, name, _float32(value))
 
 
+class ColorCameraParams(object):
+    """libfreenect2::Freenect2Device::ColorCameraParams as the pyx wraps it.
+
+    fx, fy, cx, cy, then the depth-to-colour mapping terms shift_d, shift_m, mx_x3y0 ...
+    my_x0y0 (libfreenect2.hpp; ``Registration`` uses them); no distortion coefficients.
+    C floats, settable; all 0 in a fresh one, and in a device's until ``startStreams``
+    read them (after the IR ones).
+    """
+
+    _NAMES = ('fx', 'fy', 'cx', 'cy', 'shift_d', 'shift_m',
+              'mx_x3y0', 'mx_x0y3', 'mx_x2y1', 'mx_x1y2', 'mx_x2y0', 'mx_x0y2', 'mx_x1y1',
+              'mx_x1y0', 'mx_x0y1', 'mx_x0y0',
+              'my_x3y0', 'my_x0y3', 'my_x2y1', 'my_x1y2', 'my_x2y0', 'my_x0y2', 'my_x1y1',
+              'my_x1y0', 'my_x0y1', 'my_x0y0')
+
+    def __init__(self, *args, **kwargs):
+        """Make a zeroed parameter set (arguments are ignored, as by the Cython class)."""
+        for name in self._NAMES:
+            setattr(self, name, 0.0)
+
+    def __setattr__(self, name, value):
+        """Store *value* as a C float."""
+        if name not in self._NAMES:
+            raise AttributeError(name)
+        object.__setattr__(self, name, _float32(value))
+
+
+#: Colour camera parameters of one Kinect v2 as libfreenect2 reads them (the defaults of
+#: a scripted sensor).
+DEFAULT_COLOR_PARAMS = {
+    'fx': 1081.37, 'fy': 1081.37, 'cx': 959.5, 'cy': 539.5, 'shift_d': 863.0,
+    'shift_m': 52.0, 'mx_x3y0': 0.000449, 'mx_x0y3': 1.91e-05, 'mx_x2y1': 4.28e-05,
+    'mx_x1y2': 0.000243, 'mx_x2y0': -0.00129, 'mx_x0y2': 0.000337, 'mx_x1y1': 0.00144,
+    'mx_x1y0': 0.640, 'mx_x0y1': 0.00473, 'mx_x0y0': 0.132, 'my_x3y0': 4.5e-05,
+    'my_x0y3': 0.000727, 'my_x2y1': 0.000168, 'my_x1y2': 5.84e-05, 'my_x2y0': 0.000323,
+    'my_x0y2': -0.00175, 'my_x1y1': 0.000671, 'my_x1y0': -0.00455, 'my_x0y1': 0.640,
+    'my_x0y0': 0.0142}
+
+
 class PacketPipeline(object):
     """pyx ``cdef class PacketPipeline``; libfreenect2 owns (and deletes) one handed to it."""
 
@@ -398,14 +448,35 @@ class Sensor(object):
     reports it only in its log, the listener just waits). *open_fails*: libfreenect2
     cannot open it (busy, permissions, USB 2). *start_fails*: ``startStreams`` fails (it
     stops answering), so its camera parameters are never read.
+
+    IR: *ir_frames*, (424, 512) float32 amplitude 0-65535 (libfreenect2's range), cycled
+    in step with *frames* (the IR of the same capture: same sequence and timestamp);
+    default all 1000.0. Colour (when ``startStreams`` enables it and a colour listener is
+    set): *color_frames*, (1080, 1920, 4) uint8 BGRX pixels cycled at *color_fps* (30, or
+    15 in low light; default *fps*, at most 30), with their own sequence numbers from
+    *first_sequence* and timestamps on the same 0.125 ms clock as depth. The decoder's
+    format is *color_format*: ``FORMAT_BGRX`` (TurboJPEG, VA-API) or ``FORMAT_RGBX``
+    (Tegra; the frame then holds R, G, B, X). *color_stops_after*: colour frames before
+    the colour stream goes silent while depth goes on. *color_params*: the
+    ``ColorCameraParams`` startStreams reads.
     """
 
     def __init__(self, serial, frames, fps=30.0, ir_params=None, unplug_after=None,
                  timestamp_step=None, first_sequence=1000, open_fails=False,
-                 start_fails=False):
+                 start_fails=False, ir_frames=None, color_frames=None, color_fps=None,
+                 color_format=FORMAT_BGRX, color_params=None, color_stops_after=None):
         """Describe the sensor."""
         self.serial = serial
         self.frames = [np.ascontiguousarray(f, dtype=np.float32) for f in frames]
+        self.ir_frames = None if ir_frames is None else [
+            np.ascontiguousarray(f, dtype=np.float32) for f in ir_frames]
+        self._color_frames = None if color_frames is None else [
+            np.ascontiguousarray(f, dtype=np.uint8) for f in color_frames]
+        self.color_fps = float(color_fps or min(float(fps), 30.0))  # 30 fps at most
+        self.color_format = int(color_format)
+        self.color_params = dict(color_params or DEFAULT_COLOR_PARAMS)
+        self.color_stops_after = color_stops_after
+        self.color_delivered = 0  # colour frames that left the sensor, across opens
         self.fps = float(fps)
         self.ir_params = dict(ir_params or {'fx': 366.1, 'fy': 366.2, 'cx': 258.3,
                                             'cy': 207.4, 'k1': 0.091, 'k2': -0.271,
@@ -420,6 +491,20 @@ class Sensor(object):
         self.delivered = 0  # frames that left the sensor, across opens
         self.holder = None  # the _Device that has it open
         self.calls = []
+
+    @property
+    def color_frames(self):
+        """Return the BGRX colour frames (by default a synthetic gradient, made on first use)."""
+        if self._color_frames is None:
+            rows = np.arange(COLOR_HEIGHT, dtype=np.uint16)[:, None]
+            columns = np.arange(COLOR_WIDTH, dtype=np.uint16)[None, :]
+            frame = np.empty((COLOR_HEIGHT, COLOR_WIDTH, 4), np.uint8)
+            frame[..., 0] = columns % 256
+            frame[..., 1] = rows % 256
+            frame[..., 2] = (rows + columns) % 251
+            frame[..., 3] = 255
+            self._color_frames = [frame]
+        return self._color_frames
 
 
 class _Scenario(object):
@@ -455,9 +540,11 @@ def _scenario_from_env():
 
     JSON: ``{"pipelines": ["cpu"], "unusable": [], "gl_window": true, "cxx11": false,
     "sensors": [{"serial": "...", "fps": 30, "values": [...], "ir_params": {...},
-    "unplug_after": null, "open_fails": false, "start_fails": false}]}``; each sensor's
-    frames are 512 x 424 filled row by row with its ``values`` repeated (frame k rolled by
-    k columns, for k in 0..7, delivered in turn).
+    "unplug_after": null, "open_fails": false, "start_fails": false, "ir_values": [...],
+    "color_fps": 30, "color_format": 4, "color_stops_after": null, "color_params": {...}}]}``;
+    each sensor's frames are 512 x 424 filled row by row with its ``values`` repeated
+    (frame k rolled by k columns, for k in 0..7, delivered in turn), its IR frames likewise
+    from ``ir_values`` (default all 1000.0); colour is the default gradient.
     """
     spec = os.environ.get('STANDIN_FREENECT2')
     if not spec:
@@ -468,11 +555,20 @@ def _scenario_from_env():
         base = np.resize(np.array(item.get('values', [1000.0]), np.float32),
                          (DEPTH_HEIGHT, DEPTH_WIDTH))
         frames = [np.roll(base, k, axis=1) for k in range(8)]
+        ir_frames = None
+        if item.get('ir_values'):
+            ir_base = np.resize(np.array(item['ir_values'], np.float32),
+                                (DEPTH_HEIGHT, DEPTH_WIDTH))
+            ir_frames = [np.roll(ir_base, k, axis=1) for k in range(8)]
         sensors.append(Sensor(item['serial'], frames, fps=item.get('fps', 30.0),
                               ir_params=item.get('ir_params'),
                               unplug_after=item.get('unplug_after'),
                               open_fails=item.get('open_fails', False),
-                              start_fails=item.get('start_fails', False)))
+                              start_fails=item.get('start_fails', False),
+                              ir_frames=ir_frames, color_fps=item.get('color_fps'),
+                              color_format=item.get('color_format', FORMAT_BGRX),
+                              color_params=item.get('color_params'),
+                              color_stops_after=item.get('color_stops_after')))
     SCENARIO.reset(sensors, spec.get('pipelines', ['cpu']), spec.get('unusable', []),
                    spec.get('gl_window', True), spec.get('cxx11', False))
 
@@ -491,10 +587,13 @@ class _Device(object):
         self.pipeline = pipeline
         self.state = 'Created'
         self.listener = None
+        self.color_listener = None
         self.ir_params = IrCameraParams()
+        self.color_params = ColorCameraParams()
         self.firmware = b'<unknown>'
         self.deleted = False
         self._thread = None
+        self._color_thread = None
         self._stop = threading.Event()
 
     def open_device(self):
@@ -512,13 +611,24 @@ class _Device(object):
         for name, value in self.sensor.ir_params.items():
             setattr(params, name, value)
         self.ir_params = params
+        # libfreenect2.cpp startStreams reads the RGB camera parameters after the depth
+        # ones, whether or not colour is enabled.
+        color_params = ColorCameraParams()
+        for name, value in self.sensor.color_params.items():
+            setattr(color_params, name, value)
+        self.color_params = color_params
         self.firmware = b'2.3.3913.0.7'
         self.state = 'Streaming'
+        self._stop.clear()
         if depth:
-            self._stop.clear()
             self._thread = threading.Thread(target=self._stream, daemon=True,
                                             name='standin-freenect2-' + self.sensor.serial)
             self._thread.start()
+        if rgb:
+            self._color_thread = threading.Thread(
+                target=self._stream_color, daemon=True,
+                name='standin-freenect2-color-' + self.sensor.serial)
+            self._color_thread.start()
         return True
 
     def _unplugged(self):
@@ -538,22 +648,55 @@ class _Device(object):
             if listener is None:
                 continue
             data = sensor.frames[count % len(sensor.frames)]
-            for frame_type, pixels in ((FrameType.Ir, np.full_like(data, 1000.0)),
-                                       (FrameType.Depth, data)):
+            ir = np.full_like(data, 1000.0) if sensor.ir_frames is None else \
+                sensor.ir_frames[count % len(sensor.ir_frames)]
+            for frame_type, pixels in ((FrameType.Ir, ir), (FrameType.Depth, data)):
                 frame = _CFrame(DEPTH_WIDTH, DEPTH_HEIGHT, 4,
                                 pixels.copy().reshape(-1).view(np.uint8))
+                frame.format = FORMAT_FLOAT
                 frame.timestamp = (count * sensor.timestamp_step) & 0xFFFFFFFF
                 frame.sequence = (sensor.first_sequence + count) & 0xFFFFFFFF
                 listener._on_new_frame(frame_type, frame)
+
+    def _stream_color(self):
+        """Stream colour: decoded JPEG frames at the colour camera's rate."""
+        sensor = self.sensor
+        period = 1.0 / sensor.color_fps
+        while not self._stop.wait(period):
+            if self._unplugged():
+                return
+            if (sensor.color_stops_after is not None
+                    and sensor.color_delivered >= sensor.color_stops_after):
+                continue  # the colour stream went silent; depth goes on
+            count = sensor.color_delivered
+            sensor.color_delivered += 1
+            listener = self.color_listener
+            if listener is None:
+                continue
+            bgrx = sensor.color_frames[count % len(sensor.color_frames)]
+            data = np.empty_like(bgrx)
+            if sensor.color_format == FORMAT_RGBX:
+                data[..., 0], data[..., 1] = bgrx[..., 2], bgrx[..., 1]
+                data[..., 2], data[..., 3] = bgrx[..., 0], bgrx[..., 3]
+            else:
+                data[...] = bgrx
+            frame = _CFrame(COLOR_WIDTH, COLOR_HEIGHT, 4, data.reshape(-1))
+            frame.format = sensor.color_format
+            # One device clock for both cameras: the tick count depth has reached.
+            frame.timestamp = (sensor.delivered * sensor.timestamp_step) & 0xFFFFFFFF
+            frame.sequence = (sensor.first_sequence + count) & 0xFFFFFFFF
+            frame.exposure, frame.gain, frame.gamma = 12.5, 1.0, 1.0
+            listener._on_new_frame(FrameType.Color, frame)
 
     def stop(self):
         self.sensor.calls.append('stop')
         if self.state != 'Streaming':
             return False
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(5.0)
-        self._thread = None
+        for thread in (self._thread, self._color_thread):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(5.0)
+        self._thread = self._color_thread = None
         self.state = 'Open'
         return True
 
@@ -563,7 +706,7 @@ class _Device(object):
             return True
         if self.state == 'Streaming':
             self.stop()
-        self.listener = None
+        self.listener = self.color_listener = None
         self.state = 'Closed'
         if self.sensor.holder is self:
             self.sensor.holder = None
@@ -607,10 +750,19 @@ class Freenect2Device(object):
             setattr(params, name, getattr(self._impl().ir_params, name))
         return params
 
+    def getColorCameraParams(self):
+        """Return a copy of the colour camera parameters startStreams read."""
+        params = ColorCameraParams()
+        for name in ColorCameraParams._NAMES:
+            setattr(params, name, getattr(self._impl().color_params, name))
+        return params
+
     def setColorFrameListener(self, listener):
-        """Set the colour listener (unused: depth only here)."""
+        """Set the listener of colour frames."""
         self._listener_arg(listener)
-        self._impl().sensor.calls.append('setColorFrameListener')
+        device = self._impl()
+        device.sensor.calls.append('setColorFrameListener')
+        device.color_listener = listener
 
     def setIrAndDepthFrameListener(self, listener):
         """Set the listener of IR and depth frames."""
