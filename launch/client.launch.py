@@ -1,8 +1,9 @@
-"""Launch the streamkinect2 client node: publish a server's depth streams as Images.
+"""Launch the streamkinect2 client node: publish a server's depth, IR and colour streams.
 
     ros2 launch streamkinect2_ros client.launch.py
     ros2 launch streamkinect2_ros client.launch.py server_name:=lab
     ros2 launch streamkinect2_ros client.launch.py server_endpoint:=tcp://192.168.1.20:5555
+    ros2 launch streamkinect2_ros client.launch.py streams:='[depth, color]'
 
 Parameters come from ``config/client.yaml`` (``client_params_file:=`` for another file);
 the arguments below override it when given.
@@ -13,7 +14,8 @@ from streamkinect2_ros import launching
 from streamkinect2_ros.client_node import NODE_NAME, PARAMETERS
 
 CLIENT_ARGUMENTS = ('server_endpoint', 'server_name', 'discovery_address', 'devices',
-                    'frame_id', 'stamp_source', 'qos_reliability', 'qos_depth')
+                    'streams', 'frame_id', 'color_frame_id', 'stamp_source',
+                    'qos_reliability', 'qos_depth')
 
 
 def launch_setup(context):

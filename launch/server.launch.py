@@ -2,6 +2,7 @@
 
     ros2 launch streamkinect2_ros server.launch.py
     ros2 launch streamkinect2_ros server.launch.py address:=192.168.1.20 server_name:=lab
+    ros2 launch streamkinect2_ros server.launch.py color_resolution:=qhd color_quality:=75
 
 Parameters come from ``config/server.yaml`` (``server_params_file:=`` for another file);
 the arguments below override it when given.
@@ -12,7 +13,8 @@ from streamkinect2_ros import launching
 from streamkinect2_ros.server_node import NODE_NAME, PARAMETERS
 
 SERVER_ARGUMENTS = ('server_name', 'address', 'announce', 'control_port', 'device',
-                    'mock_count', 'mock_fps', 'mock_ids')
+                    'streams', 'color_quality', 'color_resolution', 'mock_count',
+                    'mock_fps', 'mock_ids')
 
 
 def launch_setup(context):

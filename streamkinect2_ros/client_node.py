@@ -1,17 +1,27 @@
-"""ROS 2 node ``streamkinect2_client``: publish a streamkinect2 server's depth as Images.
+"""ROS 2 node ``streamkinect2_client``: publish a streamkinect2 server's streams.
 
 The node connects to the server given by ``server_endpoint``, or discovers one over
-Zeroconf by ``server_name`` (the first seen if empty), enables depth for every device
+Zeroconf by ``server_name`` (the first seen if empty), enables the streams chosen by
+``streams`` (default: every stream the server offers: depth, IR, colour) for every device
 (or those in ``devices``) and publishes each device under its own namespace::
 
-    <node namespace>/<device>/depth/image_raw     sensor_msgs/Image, 16UC1, millimetres
-    <node namespace>/<device>/depth/camera_info   sensor_msgs/CameraInfo
+    <ns>/<device>/depth/image_raw               sensor_msgs/Image, 16UC1, millimetres
+    <ns>/<device>/depth/camera_info             sensor_msgs/CameraInfo
+    <ns>/<device>/ir/image_raw                  sensor_msgs/Image, 16UC1, amplitude
+    <ns>/<device>/ir/camera_info                sensor_msgs/CameraInfo (the depth camera's)
+    <ns>/<device>/color/image_raw               sensor_msgs/Image, bgr8
+    <ns>/<device>/color/image_raw/compressed    sensor_msgs/CompressedImage, the wire JPEG
+    <ns>/<device>/color/camera_info             sensor_msgs/CameraInfo
 
 where ``<device>`` is the device id made a valid ROS name (:py:func:`sanitise_name`).
-When the server goes away the node logs it, publishes nothing, and reconnects by itself
-(re-discovering the server by name, or retrying the fixed endpoint). Frame rate, drops
-and latency are logged every ``log_period`` and published as ``diagnostic_msgs`` on
-``/diagnostics``. ``frame_id`` and ``stamp_source`` can be changed while running.
+Colour travels as JPEG: the node forwards the received bytes to ``compressed`` as they
+are, and decodes them for ``image_raw`` only while that topic has a subscriber. Every
+message of one capture carries its capture stamp (a colour frame paired with a depth
+capture by the server carries that capture's). When the server goes away the node logs
+it, publishes nothing, and reconnects by itself (re-discovering the server by name, or
+retrying the fixed endpoint). Frame rate, drops and latency per stream are logged every
+``log_period`` and published as ``diagnostic_msgs`` on ``/diagnostics``. ``frame_id``,
+``color_frame_id`` and ``stamp_source`` can be changed while running.
 
 The streamkinect2 client runs on a tornado IOLoop thread, which also publishes the
 Images; the rclpy executor keeps the main thread (parameters, timers).
@@ -23,22 +33,31 @@ import time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from streamkinect2.client import STATS_WINDOW
 from streamkinect2.connection import ServerConnection
+from streamkinect2.device import STREAMS
 from streamkinect2.security import CurveClientConfig
 
-from .conversions import (camera_info_fields, fill_camera_info, fill_image, frame_id_for,
-                          intrinsics_problems, sanitise_name)
+from .conversions import (camera_info_fields, DEFAULT_COLOR_INTRINSICS,
+                          DEFAULT_DEPTH_INTRINSICS, fill_camera_info, fill_compressed_image,
+                          fill_image, frame_id_for, intrinsics_problems, sanitise_name)
 from .params import declare_all, ParamSpec
 from .rosutil import LoopNode, run_node
 
-__all__ = ['NODE_NAME', 'PARAMETERS', 'ClientNode', 'main']
+__all__ = ['NODE_NAME', 'PARAMETERS', 'STREAMS', 'ClientNode', 'main', 'offered_streams']
 
 NODE_NAME = 'streamkinect2_client'
 STAMP_SOURCES = ('capture', 'receive')
 RELIABILITIES = {'best_effort': ReliabilityPolicy.BEST_EFFORT,
                  'reliable': ReliabilityPolicy.RELIABLE}
+#: Per stream: the device record key of its camera's intrinsics and their defaults (IR
+#: comes from the depth camera), and the parameter holding its frame id template.
+_CAMERAS = {'depth': ('depth_camera', DEFAULT_DEPTH_INTRINSICS, 'frame_id'),
+            'ir': ('depth_camera', DEFAULT_DEPTH_INTRINSICS, 'frame_id'),
+            'color': ('color_camera', DEFAULT_COLOR_INTRINSICS, 'color_frame_id')}
+#: Parameters that can be changed while the node runs: plain strings read on each frame.
+_RUNTIME = ('frame_id', 'color_frame_id', 'stamp_source')
 PARAMETERS = (
     ParamSpec('server_endpoint', '', 'Control endpoint of the server (tcp://host:port); '
               'empty: discover the server over Zeroconf', True),
@@ -48,9 +67,14 @@ PARAMETERS = (
               'on; empty: every interface', True),
     ParamSpec('devices', [], 'Ids (or sanitised names) of the devices to publish; unset or '
               'empty: all', True),
+    ParamSpec('streams', [], 'Streams to publish, of depth, ir and color (e.g. [depth]); '
+              'unset or empty: every stream the server offers', True),
     ParamSpec('frame_id', 'kinect2_{device}_depth_optical_frame', 'Optical frame id of the '
-              'Images and CameraInfos; {device} is replaced by the sanitised device id '
-              '(REP 103/105). Can be changed at runtime', False),
+              'depth and IR Images and CameraInfos; {device} is replaced by the sanitised '
+              'device id (REP 103/105). Can be changed at runtime', False),
+    ParamSpec('color_frame_id', 'kinect2_{device}_rgb_optical_frame', 'Optical frame id of '
+              'the colour Images, CompressedImages and CameraInfos; {device} as in frame_id. '
+              'Can be changed at runtime', False),
     ParamSpec('stamp_source', 'capture', 'Header stamp: "capture" (host capture time '
               'carried by the frame) or "receive" (time the client received it). Can be '
               'changed at runtime', False),
@@ -73,30 +97,64 @@ PARAMETERS = (
 )
 
 
-class _Device(object):
-    """What the node knows about one published device (IOLoop thread writes)."""
+def offered_streams(record):
+    """Return the streams a device record from ``me`` offers (those with an endpoint).
 
-    def __init__(self, kinect_id, image_pub, info_pub):
-        self.kinect_id = kinect_id
-        self.name = sanitise_name(kinect_id)
-        self.image_pub = image_pub
-        self.info_pub = info_pub
+    A record without endpoints (or not a dict) offers depth alone, as a 2014 server's.
+    """
+    endpoints = record.get('endpoints') if isinstance(record, dict) else None
+    if not isinstance(endpoints, dict):
+        return ('depth',)
+    return tuple(stream for stream in STREAMS if stream in endpoints)
+
+
+class _Stream(object):
+    """The publishers and counters of one stream of a published device."""
+
+    def __init__(self, node, name, stream):
+        """Create the publishers of *stream* for the device named *name*."""
+        self.stream = stream
+        self.image_pub = node.create_publisher(
+            Image, '{0}/{1}/image_raw'.format(name, stream), node.qos)
+        self.info_pub = node.create_publisher(
+            CameraInfo, '{0}/{1}/camera_info'.format(name, stream), node.qos)
+        self.compressed_pub = None
+        if stream == 'color':
+            self.compressed_pub = node.create_publisher(
+                CompressedImage, '{0}/{1}/image_raw/compressed'.format(name, stream),
+                node.qos)
         self.camera_fields = None
-        self.record = None
-        self.streaming = False
-        self.published = 0
+        self.published = 0         # frames published (any of the stream's topics)
+        self.decoded = 0           # colour frames decoded for image_raw
         self.publish_failures = 0
         self.failed_at = None      # monotonic time of the last publishing failure
         self.last_error = None
         self.failure_logged_at = None
+
+    @property
+    def publishers(self):
+        """Return the publishers of the stream."""
+        return [pub for pub in (self.image_pub, self.info_pub, self.compressed_pub)
+                if pub is not None]
+
+
+class _Device(object):
+    """What the node knows about one published device (IOLoop thread writes)."""
+
+    def __init__(self, kinect_id):
+        self.kinect_id = kinect_id
+        self.name = sanitise_name(kinect_id)
+        self.streams = {}          # stream name -> _Stream, those published
+        self.record = None
+        self.streaming = False
 
 
 class ClientNode(LoopNode):
     """The ``streamkinect2_client`` node. Call :py:meth:`close` before destroying it.
 
     Connection, reconnection and rediscovery are the library's
-    :py:class:`~streamkinect2.connection.ServerConnection`; the node maps its devices to
-    publishers, and reports the library's per-device stats.
+    :py:class:`~streamkinect2.connection.ServerConnection`; the node maps its devices'
+    streams to publishers, and reports the library's per-stream stats.
     """
 
     def __init__(self, **kwargs):
@@ -114,8 +172,10 @@ class ClientNode(LoopNode):
             self._curve = CurveClientConfig(params['curve_secret_file'],
                                             params['curve_server_key'])
         self.frame_id = params['frame_id']
+        self.color_frame_id = params['color_frame_id']
         self.stamp_source = params['stamp_source']
         self._wanted = set(params['devices'])
+        self._streams = tuple(stream for stream in STREAMS if stream in params['streams'])
         self.qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=params['qos_depth'],
                               reliability=RELIABILITIES[params['qos_reliability']],
                               durability=DurabilityPolicy.VOLATILE)
@@ -140,8 +200,13 @@ class ClientNode(LoopNode):
         problems = []
         if params['stamp_source'] not in STAMP_SOURCES:
             problems.append('stamp_source must be one of {0}'.format(STAMP_SOURCES))
-        if not params['frame_id']:
-            problems.append('frame_id must not be empty')
+        for name in ('frame_id', 'color_frame_id'):
+            if not params[name]:
+                problems.append('{0} must not be empty'.format(name))
+        unknown = [stream for stream in params['streams'] if stream not in STREAMS]
+        if unknown:
+            problems.append('streams: {0} not among {1}'.format(
+                ', '.join(repr(stream) for stream in unknown), ', '.join(STREAMS)))
         if params['qos_reliability'] not in RELIABILITIES:
             problems.append('qos_reliability must be one of {0}'.format(
                 sorted(RELIABILITIES)))
@@ -158,10 +223,11 @@ class ClientNode(LoopNode):
     def _on_set_parameters(self, parameters):
         changes = {}
         for parameter in parameters:
-            if parameter.name == 'frame_id':
+            if parameter.name in ('frame_id', 'color_frame_id'):
                 if not isinstance(parameter.value, str) or not parameter.value:
-                    return SetParametersResult(successful=False,
-                                               reason='frame_id must be a non-empty string')
+                    return SetParametersResult(
+                        successful=False,
+                        reason='{0} must be a non-empty string'.format(parameter.name))
             elif parameter.name == 'stamp_source':
                 if parameter.value not in STAMP_SOURCES:
                     return SetParametersResult(
@@ -172,6 +238,7 @@ class ClientNode(LoopNode):
             changes[parameter.name] = parameter.value
         # Plain attribute stores: the IOLoop thread reads them on the next frame.
         for name, value in changes.items():
+            assert name in _RUNTIME
             setattr(self, name, value)
             self.get_logger().info('{0} is now {1!r}'.format(name, value))
         return SetParametersResult(successful=True)
@@ -212,27 +279,69 @@ class ClientNode(LoopNode):
             for device in self._devices.values():
                 device.streaming = False
 
+    def _chosen_streams(self, kinect_id, record):
+        """Return the streams to publish of a device whose ``me`` record is *record*."""
+        offered = offered_streams(record)
+        if not self._streams:
+            return offered
+        chosen = tuple(stream for stream in self._streams if stream in offered)
+        missing = [stream for stream in self._streams if stream not in offered]
+        if missing:
+            self.get_logger().warning('Device {0} does not offer {1} (it offers {2})'.format(
+                kinect_id, ', '.join(missing), ', '.join(offered)))
+        return chosen
+
     def _on_add_kinect(self, connection, kinect_id):
         if self._wanted and not self._wanted & {kinect_id, sanitise_name(kinect_id)}:
             self.get_logger().info('Not publishing device {0} (not in devices)'.format(
                 kinect_id))
+            return
+        record = connection.devices.get(kinect_id)
+        streams = self._chosen_streams(kinect_id, record)
+        if not streams:
+            self.get_logger().error('Not publishing device {0}: it offers none of the '
+                                    'streams asked for'.format(kinect_id))
             return
         device = self._devices.get(kinect_id)
         if device is None:
             device = self._add_device(kinect_id)
             if device is None:
                 return
-        device.record = connection.devices.get(kinect_id)
-        device.camera_fields = None
-        try:
-            connection.enable_depth_frames(kinect_id)
-        except ValueError as err:
-            self.get_logger().error('Not publishing device {0}: {1}'.format(kinect_id, err))
+        device.record = record
+        self._set_streams(device, streams)
+        for stream in list(device.streams):
+            try:
+                getattr(connection, 'enable_{0}_frames'.format(stream))(kinect_id)
+            except ValueError as err:
+                self.get_logger().error('Not publishing {0} of device {1}: {2}'.format(
+                    stream, kinect_id, err))
+                self._set_streams(device, [s for s in device.streams if s != stream])
+        if not device.streams:
+            self._remove_device(kinect_id)
             return
         device.streaming = True
+        self.get_logger().info('Publishing device {0} under {1}: {2}'.format(
+            kinect_id, self.resolve_topic_name(device.name), ', '.join(device.streams)))
+
+    def _set_streams(self, device, streams):
+        """Give *device* the publishers of *streams* exactly; camera fields start anew."""
+        for stream in [s for s in device.streams if s not in streams]:
+            with self._lock:
+                gone = device.streams.pop(stream)
+            for pub in gone.publishers:
+                self.destroy_publisher(pub)
+        added = {stream: _Stream(self, device.name, stream)
+                 for stream in streams if stream not in device.streams}
+        with self._lock:
+            device.streams.update(added)
+            # In STREAMS order, whatever the order of the changes.
+            device.streams = {stream: device.streams[stream]
+                              for stream in STREAMS if stream in device.streams}
+        for published in device.streams.values():
+            published.camera_fields = None  # the record may have changed
 
     def _add_device(self, kinect_id):
-        """Create the publishers of a new device (None if it cannot be published)."""
+        """Return a new device to publish (None if it cannot be published)."""
         name = sanitise_name(kinect_id)
         clash = [d.kinect_id for d in self._devices.values() if d.name == name]
         if clash:
@@ -248,22 +357,19 @@ class ClientNode(LoopNode):
             self.get_logger().error('Not publishing device {0}: already publishing {1} '
                                     'devices'.format(kinect_id, len(self._devices)))
             return None
-        image_pub = self.create_publisher(Image, name + '/depth/image_raw', self.qos)
-        info_pub = self.create_publisher(CameraInfo, name + '/depth/camera_info', self.qos)
-        device = _Device(kinect_id, image_pub, info_pub)
+        device = _Device(kinect_id)
         with self._lock:
             self._devices[kinect_id] = device
-        self.get_logger().info('Publishing device {0} on {1}'.format(
-            kinect_id, image_pub.topic_name))
         return device
 
     def _remove_device(self, kinect_id):
-        """Forget a device and release its publishers."""
+        """Forget a device and release the publishers of all its streams."""
         with self._lock:
             device = self._devices.pop(kinect_id, None)
         if device is not None:
-            self.destroy_publisher(device.image_pub)
-            self.destroy_publisher(device.info_pub)
+            for published in device.streams.values():
+                for pub in published.publishers:
+                    self.destroy_publisher(pub)
 
     def _on_remove_kinect(self, connection, kinect_id):
         device = self._devices.get(kinect_id)
@@ -278,83 +384,135 @@ class ClientNode(LoopNode):
             self._remove_device(kinect_id)
 
     def _on_depth_frame(self, connection, depth_frame, kinect_id):
+        self._on_frame(kinect_id, 'depth', depth_frame)
+
+    def _on_ir_frame(self, connection, ir_frame, kinect_id):
+        self._on_frame(kinect_id, 'ir', ir_frame)
+
+    def _on_color_frame(self, connection, color_frame, kinect_id):
+        self._on_frame(kinect_id, 'color', color_frame)
+
+    def _on_frame(self, kinect_id, stream, frame):
         device = self._devices.get(kinect_id)
         if device is None or not device.streaming:
             return
+        published = device.streams.get(stream)
+        if published is None:
+            return
         try:
-            self._publish(device, depth_frame)
+            self._publish(device, published, frame)
         except Exception as err:
             if not self.context.ok():  # shutting down: nothing to publish to
                 return
-            self._publish_failed(device, err)
+            self._publish_failed(device, published, err)
 
-    def _publish(self, device, depth_frame):
-        pixels = depth_frame.array
-        frame_id = frame_id_for(self.frame_id, device.name)
-        stamp_ns = depth_frame.timestamp_ns if self.stamp_source == 'capture' \
-            else time.time_ns()
-        if device.camera_fields is None or device.camera_fields['width'] != pixels.shape[1] \
-                or device.camera_fields['height'] != pixels.shape[0]:
-            intrinsics = (device.record or {}).get('depth_camera')
-            device.camera_fields = camera_info_fields(pixels.shape[1], pixels.shape[0],
-                                                      intrinsics)
-            problems = intrinsics_problems(intrinsics, pixels.shape[1], pixels.shape[0])
-            if problems:  # once per record: the fields are kept until the size changes
-                self.get_logger().warning(
-                    "Device {0}: the server's depth_camera record is not usable ({1}); "
-                    'CameraInfo carries the default Kinect v2 intrinsics'.format(
-                        device.kinect_id, '; '.join(problems)))
-        image = fill_image(Image(), pixels, frame_id, stamp_ns)
-        info = fill_camera_info(CameraInfo(), device.camera_fields, frame_id, stamp_ns)
-        device.image_pub.publish(image)
-        device.info_pub.publish(info)
-        device.published += 1
+    def _camera_fields(self, device, published, width, height):
+        """Return the CameraInfo fields of *published* for a *width* x *height* image."""
+        fields = published.camera_fields
+        if fields is not None and fields['width'] == width and fields['height'] == height:
+            return fields
+        key, defaults, _ = _CAMERAS[published.stream]
+        intrinsics = (device.record or {}).get(key)
+        fields = camera_info_fields(width, height, intrinsics, defaults)
+        problems = intrinsics_problems(intrinsics, width, height, defaults)
+        if problems:  # once per record: the fields are kept until the size changes
+            self.get_logger().warning(
+                "Device {0}: the server's {1} record is not usable ({2}); {3} CameraInfo "
+                'carries the default Kinect v2 intrinsics'.format(
+                    device.kinect_id, key, '; '.join(problems), published.stream))
+        published.camera_fields = fields
+        return fields
 
-    def _publish_failed(self, device, err):
+    def _publish(self, device, published, frame):
+        """Publish *frame* of one stream of *device* on that stream's topics."""
+        frame_id = frame_id_for(getattr(self, _CAMERAS[published.stream][2]), device.name)
+        stamp_ns = frame.timestamp_ns if self.stamp_source == 'capture' else time.time_ns()
+        width, height = frame.shape
+        info = fill_camera_info(CameraInfo(), self._camera_fields(device, published, width,
+                                                                  height), frame_id, stamp_ns)
+        if published.compressed_pub is None:  # depth, IR: 16UC1
+            published.image_pub.publish(fill_image(Image(), frame.array, frame_id, stamp_ns))
+            published.info_pub.publish(info)
+            published.published += 1
+            return
+        if frame.jpeg is not None:  # the wire bytes, as they are
+            published.compressed_pub.publish(fill_compressed_image(
+                CompressedImage(), frame.jpeg, frame_id, stamp_ns))
+        published.info_pub.publish(info)
+        published.published += 1
+        if published.image_pub.get_subscription_count() > 0:
+            # Decoding only for a subscriber. The client checked the JPEG's header and
+            # end; damage in between shows here (ValueError), and only this Image is lost.
+            pixels = frame.array
+            published.decoded += 1
+            if (pixels.shape[1], pixels.shape[0]) != (width, height):
+                raise ValueError('colour frame decodes to {0}x{1}, not the {2}x{3} it '
+                                 'claims'.format(pixels.shape[1], pixels.shape[0], width,
+                                                 height))
+            published.image_pub.publish(fill_image(Image(), pixels, frame_id, stamp_ns))
+
+    def _publish_failed(self, device, published, err):
         now = time.monotonic()
-        device.publish_failures += 1
-        device.failed_at = now
-        device.last_error = '{0}: {1}'.format(type(err).__name__, err)
-        if device.failure_logged_at is None or now - device.failure_logged_at > 5.0:
-            device.failure_logged_at = now
-            self.get_logger().error('Could not publish a frame of {0} ({1} failures so '
-                                    'far): {2}'.format(device.kinect_id,
-                                                       device.publish_failures,
-                                                       device.last_error))
+        published.publish_failures += 1
+        published.failed_at = now
+        published.last_error = '{0}: {1}'.format(type(err).__name__, err)
+        if published.failure_logged_at is None or now - published.failure_logged_at > 5.0:
+            published.failure_logged_at = now
+            self.get_logger().error('Could not publish a {0} frame of {1} ({2} failures so '
+                                    'far): {3}'.format(published.stream, device.kinect_id,
+                                                       published.publish_failures,
+                                                       published.last_error))
 
     # --- figures (executor thread) ---------------------------------------------------
 
-    def figures(self, period):
-        """Return ``{device id: dict}`` of rate, latency, counters and health over *period* s.
+    @staticmethod
+    def _stream_stats(connection, kinect_id, stream):
+        """Return the library's FrameStats of one stream of a device, or None."""
+        return connection.stream_stats(kinect_id, stream) if connection is not None else None
 
-        Rate, latency and drops are the library's (the connection's per-device
-        :py:class:`~streamkinect2.client.FrameStats`); ``published`` is the node's.
+    def figures(self, period):
+        """Return ``{device id: dict}`` of health and per-stream figures over *period* s.
+
+        Each device's dict has ``name``, ``streaming``, ``publish_failing``,
+        ``last_error`` and ``streams``: ``{stream: dict}`` of rate, latency and counters.
+        Rate, latency, received, invalid and dropped are the library's (the connection's
+        per-stream :py:class:`~streamkinect2.client.FrameStats`); ``published`` (and, for
+        colour, ``decoded``) are the node's.
         """
         connection = self._connection
-        stats_by_id = connection.stats if connection is not None else {}
         now = time.monotonic()
         result = {}
         with self._lock:
-            devices = list(self._devices.values())
-        for device in devices:
-            stats = stats_by_id.get(device.kinect_id)
-            streaming = device.streaming and stats is not None
+            devices = [(device, dict(device.streams)) for device in self._devices.values()]
+        for device, streams in devices:
+            figures = {}
+            for stream, published in streams.items():
+                stats = self._stream_stats(connection, device.kinect_id, stream)
+                figures[stream] = {
+                    'receiving': stats is not None,
+                    'stalled': bool(stats is not None and stats.stalled),
+                    'rate': stats.rate(period) if stats is not None else 0.0,
+                    'latency_p50_ms': (stats.latency_percentile(0.5, period) * 1e3
+                                       if stats is not None else float('nan')),
+                    'latency_p99_ms': (stats.latency_percentile(0.99, period) * 1e3
+                                       if stats is not None else float('nan')),
+                    'received': stats.received if stats is not None else 0,
+                    'invalid': stats.invalid if stats is not None else 0,
+                    'dropped': stats.dropped if stats is not None else 0,
+                    'published': published.published,
+                    'decoded': published.decoded,
+                    'publish_failing': published.failed_at is not None
+                    and now - published.failed_at <= period,
+                    'last_error': published.last_error,
+                }
+            failing = [fig for fig in figures.values() if fig['publish_failing']]
             result[device.kinect_id] = {
                 'name': device.name,
-                'streaming': streaming,
-                'stalled': bool(stats is not None and stats.stalled),
-                'rate': stats.rate(period) if stats is not None else 0.0,
-                'latency_p50_ms': (stats.latency_percentile(0.5, period) * 1e3
-                                   if stats is not None else float('nan')),
-                'latency_p99_ms': (stats.latency_percentile(0.99, period) * 1e3
-                                   if stats is not None else float('nan')),
-                'received': stats.received if stats is not None else 0,
-                'invalid': stats.invalid if stats is not None else 0,
-                'published': device.published,
-                'dropped': stats.dropped if stats is not None else 0,
-                'publish_failing': device.failed_at is not None
-                and now - device.failed_at <= period,
-                'last_error': device.last_error,
+                'streaming': device.streaming and bool(figures)
+                and all(fig['receiving'] for fig in figures.values()),
+                'publish_failing': bool(failing),
+                'last_error': failing[0]['last_error'] if failing else None,
+                'streams': figures,
             }
         return result
 
@@ -370,25 +528,46 @@ class ClientNode(LoopNode):
         if server is None:
             self.get_logger().info('No server connected')
             return
-        for kinect_id, fig in sorted(self.figures(period).items()):
-            self.get_logger().info(
-                '{0}: {1:.1f} Images/s, latency p50 {2:.1f} ms p99 {3:.1f} ms, '
-                '{4} published, {5} dropped{6}'.format(
-                    kinect_id, fig['rate'], fig['latency_p50_ms'], fig['latency_p99_ms'],
-                    fig['published'], fig['dropped'],
-                    ', STALLED' if fig['stalled'] else ''))
+        for kinect_id, device in sorted(self.figures(period).items()):
+            for stream, fig in device['streams'].items():
+                self.get_logger().info(
+                    '{0} {1}: {2:.1f} Images/s, latency p50 {3:.1f} ms p99 {4:.1f} ms, '
+                    '{5} published, {6} dropped, {7} invalid{8}'.format(
+                        kinect_id, stream, fig['rate'], fig['latency_p50_ms'],
+                        fig['latency_p99_ms'], fig['published'], fig['dropped'],
+                        fig['invalid'], ', STALLED' if fig['stalled'] else ''))
 
     @staticmethod
-    def _device_level(fig, connected):
+    def _device_level(device, connected):
         """Return ``(level, message)`` of a device's diagnostic status."""
-        if not connected or not fig['streaming']:
+        if not connected or not device['streaming']:
             return DiagnosticStatus.ERROR, 'not streaming'
-        if fig['stalled'] or fig['rate'] == 0:
-            return DiagnosticStatus.WARN, 'no frames while the server answers'
-        if fig['publish_failing']:
+        silent = [stream for stream, fig in device['streams'].items()
+                  if fig['stalled'] or fig['rate'] == 0]
+        if silent:
+            return DiagnosticStatus.WARN, 'no {0} frames while the server answers'.format(
+                ', '.join(silent))
+        if device['publish_failing']:
             return DiagnosticStatus.WARN, 'frames received but not published: {0}'.format(
-                fig['last_error'])
-        return DiagnosticStatus.OK, 'streaming'
+                device['last_error'])
+        return DiagnosticStatus.OK, 'streaming {0}'.format(', '.join(device['streams']))
+
+    @staticmethod
+    def _stream_values(stream, fig):
+        """Return the KeyValues of one stream: depth's keys bare, the others' prefixed."""
+        prefix = '' if stream == 'depth' else stream + '_'
+        values = [
+            ('frame_rate', '{0:.2f}'.format(fig['rate'])),
+            ('latency_p50_ms', '{0:.2f}'.format(fig['latency_p50_ms'])),
+            ('latency_p99_ms', '{0:.2f}'.format(fig['latency_p99_ms'])),
+            ('received', str(fig['received'])),
+            ('published', str(fig['published'])),
+            ('dropped', str(fig['dropped'])),
+            ('invalid', str(fig['invalid'])),
+        ]
+        if stream == 'color':
+            values.append(('decoded', str(fig['decoded'])))
+        return [KeyValue(key=prefix + key, value=value) for key, value in values]
 
     def _publish_diagnostics(self):
         period = min(self.params['diagnostics_period'], STATS_WINDOW)
@@ -406,19 +585,12 @@ class ClientNode(LoopNode):
             status.level = DiagnosticStatus.OK
             status.message = 'connected to {0}'.format(server)
         msg.status.append(status)
-        for kinect_id, fig in sorted(self.figures(period).items()):
+        for kinect_id, device in sorted(self.figures(period).items()):
             status = DiagnosticStatus(name='{0}: {1}'.format(self.get_name(), kinect_id),
                                       hardware_id=kinect_id)
-            status.level, status.message = self._device_level(fig, server is not None)
-            status.values = [
-                KeyValue(key='frame_rate', value='{0:.2f}'.format(fig['rate'])),
-                KeyValue(key='latency_p50_ms', value='{0:.2f}'.format(fig['latency_p50_ms'])),
-                KeyValue(key='latency_p99_ms', value='{0:.2f}'.format(fig['latency_p99_ms'])),
-                KeyValue(key='received', value=str(fig['received'])),
-                KeyValue(key='published', value=str(fig['published'])),
-                KeyValue(key='dropped', value=str(fig['dropped'])),
-                KeyValue(key='invalid', value=str(fig['invalid'])),
-            ]
+            status.level, status.message = self._device_level(device, server is not None)
+            status.values = [value for stream, fig in device['streams'].items()
+                             for value in self._stream_values(stream, fig)]
             msg.status.append(status)
         self._diag_pub.publish(msg)
 

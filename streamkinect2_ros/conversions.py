@@ -1,4 +1,4 @@
-"""Depth frames to ``sensor_msgs`` messages, and the names they are published under.
+"""Depth, IR and colour frames to ``sensor_msgs`` messages, and the names they go under.
 
 Pure functions, no node: the client node calls them on every frame, the tests call them
 directly. Nothing a server sends makes them publish a wrong message: intrinsics that are
@@ -14,17 +14,32 @@ import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy.typing as npt
-from streamkinect2.device import INTRINSIC_KEYS, KINECT2_DEFAULT_DEPTH_CAMERA
+from streamkinect2.device import (INTRINSIC_KEYS, KINECT2_DEFAULT_DEPTH_CAMERA,
+                                  MOCK_CALIBRATION)
 
 __all__ = [
-    'DEFAULT_DEPTH_INTRINSICS', 'INTRINSIC_KEYS', 'MAX_NAME_LENGTH', 'MAX_STAMP_NS',
-    'camera_info_fields', 'fill_camera_info', 'fill_image', 'frame_id_for',
+    'COMPRESSED_BGR8_JPEG_FORMAT', 'DEFAULT_COLOR_INTRINSICS', 'DEFAULT_DEPTH_INTRINSICS',
+    'INTRINSIC_KEYS', 'MAX_NAME_LENGTH', 'MAX_STAMP_NS', 'camera_info_fields',
+    'fill_camera_info', 'fill_compressed_image', 'fill_image', 'frame_id_for',
     'intrinsics_problems', 'is_bigendian', 'sanitise_name', 'stamp_from_ns',
 ]
 
 #: The intrinsics used when a device reports none or a record that is not a usable
 #: camera: :py:data:`streamkinect2.device.KINECT2_DEFAULT_DEPTH_CAMERA` (the same dict).
+#: The IR image comes from the same camera as depth: it shares them.
 DEFAULT_DEPTH_INTRINSICS = KINECT2_DEFAULT_DEPTH_CAMERA
+
+#: The colour camera's counterpart of :py:data:`DEFAULT_DEPTH_INTRINSICS`: the calibration
+#: of one real Kinect v2's colour camera for 1920 x 1080,
+#: ``streamkinect2.device.MOCK_CALIBRATION['color_camera']`` (the same dict). Every unit
+#: differs a little; a device's ``color_camera`` record replaces them.
+DEFAULT_COLOR_INTRINSICS = MOCK_CALIBRATION['color_camera']
+
+#: ``sensor_msgs/CompressedImage.format`` of a JPEG of a bgr8 image, exactly as
+#: image_transport's compressed publisher (compressed_image_transport) writes it:
+#: ``<source encoding>; jpeg compressed <target encoding>``. Its subscriber, and
+#: ``image_transport republish compressed raw``, read the target encoding from it.
+COMPRESSED_BGR8_JPEG_FORMAT = 'bgr8; jpeg compressed bgr8'
 
 #: Longest token :py:func:`sanitise_name` returns. rmw refuses a fully qualified topic
 #: name over 247 characters (``RMW_TOPIC_MAX_NAME_LENGTH``, 255 - 8): 64 leaves 164 for
@@ -94,24 +109,48 @@ def is_bigendian(pixels: npt.NDArray[Any]) -> bool:
 
 
 def fill_image(msg: Any, pixels: npt.NDArray[Any], frame_id: str, stamp_ns: int) -> Any:
-    """Fill the ``sensor_msgs/Image`` *msg* from a (height, width) uint16 array.
+    """Fill the ``sensor_msgs/Image`` *msg* from a uint16 or a BGR uint8 array.
 
-    Encoding ``16UC1``: depth in millimetres, 0 where there is no reading (REP 118).
-    The bytes are copied once, with no Python-level loop.
+    A (height, width) uint16 array gives encoding ``16UC1``: depth in millimetres, 0
+    where there is no reading (REP 118), or IR amplitude. A (height, width, 3) uint8
+    array, blue-green-red (a colour frame's ``array``), gives ``bgr8`` with step
+    ``width * 3``. The bytes are copied once, with no Python-level loop (twice if
+    *pixels* is not C-contiguous, e.g. the BGR view of BGRX pixels).
     """
-    if pixels.ndim != 2 or pixels.dtype.itemsize != 2 or pixels.dtype.kind != 'u':
-        raise ValueError('expected a 2-D uint16 array, got {0} {1}'.format(
-            pixels.dtype, pixels.shape))
+    if pixels.ndim == 2 and pixels.dtype.itemsize == 2 and pixels.dtype.kind == 'u':
+        encoding = '16UC1'
+    elif pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.dtype.itemsize == 1 \
+            and pixels.dtype.kind == 'u':
+        encoding = 'bgr8'
+    else:
+        raise ValueError('expected a 2-D uint16 array or a (height, width, 3) uint8 array, '
+                         'got {0} {1}'.format(pixels.dtype, pixels.shape))
     if not pixels.flags.c_contiguous:
         pixels = pixels.copy(order='C')
     stamp_from_ns(msg.header.stamp, stamp_ns)
     msg.header.frame_id = frame_id
-    msg.height, msg.width = pixels.shape
-    msg.encoding = '16UC1'
+    msg.height, msg.width = pixels.shape[:2]
+    msg.encoding = encoding
     msg.is_bigendian = is_bigendian(pixels)
     msg.step = pixels.strides[0]
     data = array.array('B')
     data.frombytes(pixels.data.cast('B'))
+    msg.data = data
+    return msg
+
+
+def fill_compressed_image(msg: Any, jpeg: Any, frame_id: str, stamp_ns: int) -> Any:
+    """Fill the ``sensor_msgs/CompressedImage`` *msg* with the JPEG bytes *jpeg*, as they are.
+
+    *jpeg* (bytes or any buffer: a received colour frame's ``jpeg``) is copied once,
+    not decoded nor re-encoded; ``format`` is :py:data:`COMPRESSED_BGR8_JPEG_FORMAT`, so
+    that image_transport's compressed subscriber decodes it to bgr8.
+    """
+    stamp_from_ns(msg.header.stamp, stamp_ns)
+    msg.header.frame_id = frame_id
+    msg.format = COMPRESSED_BGR8_JPEG_FORMAT
+    data = array.array('B')
+    data.frombytes(jpeg)
     msg.data = data
     return msg
 
@@ -141,11 +180,14 @@ def _describe(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + '...'
 
 
-def _camera(record: object, width: int,
-            height: int) -> Tuple[Optional[Dict[str, float]], List[str]]:
-    """Return ``(values, problems)``: the usable intrinsics of *record* for the image."""
+def _camera(record: object, width: int, height: int,
+            defaults: Dict[str, Any]) -> Tuple[Optional[Dict[str, float]], List[str]]:
+    """Return ``(values, problems)``: the usable intrinsics of *record* for the image.
+
+    Distortion coefficients *record* leaves out are those of *defaults*.
+    """
     if not isinstance(record, dict):
-        return None, ['record: a depth_camera record must be a JSON object, got {0}'.format(
+        return None, ['record: a camera record must be a JSON object, got {0}'.format(
             _describe(record))]
     problems = []
     scale = {}
@@ -167,7 +209,7 @@ def _camera(record: object, width: int,
         else:
             values[key] = value
     for key in _DISTORTION_KEYS:
-        value = _finite(record.get(key, DEFAULT_DEPTH_INTRINSICS[key]))
+        value = _finite(record.get(key, defaults[key]))
         if value is None or abs(value) > _MAX_DISTORTION:
             problems.append('{0}: {1} is not a distortion coefficient (finite, at most {2} '
                             'in magnitude)'.format(key, _describe(record[key]),
@@ -201,7 +243,8 @@ def _image_size(width: int, height: int) -> Tuple[int, int]:
     return width, height
 
 
-def intrinsics_problems(intrinsics: object, width: int, height: int) -> List[str]:
+def intrinsics_problems(intrinsics: object, width: int, height: int,
+                        defaults: Dict[str, Any] = DEFAULT_DEPTH_INTRINSICS) -> List[str]:
     """Return why *intrinsics* are not used for a *width* x *height* image: a list of str.
 
     Empty when :py:func:`camera_info_fields` uses the record (None, asking for the
@@ -213,33 +256,38 @@ def intrinsics_problems(intrinsics: object, width: int, height: int) -> List[str
     magnitude, ``width``/``height`` (if present) are positive whole numbers, and, after
     scaling to the image size, fx and fy lie between 1/100 and 100 times the image side
     along their axis and the principal point (cx, cy) lies inside the image.
+    *defaults* as for :py:func:`camera_info_fields`.
     """
     width, height = _image_size(width, height)
     if intrinsics is None:
         return []
-    return _camera(intrinsics, width, height)[1]
+    return _camera(intrinsics, width, height, defaults)[1]
 
 
-def camera_info_fields(width: int, height: int,
-                       intrinsics: object = None) -> Dict[str, Any]:
-    """Return the ``CameraInfo`` fields (a dict) for a *width* x *height* depth image.
+def camera_info_fields(width: int, height: int, intrinsics: object = None,
+                       defaults: Dict[str, Any] = DEFAULT_DEPTH_INTRINSICS) -> Dict[str, Any]:
+    """Return the ``CameraInfo`` fields (a dict) for a *width* x *height* image.
 
-    *intrinsics* is a device's ``depth_camera`` record (keys fx, fy, cx, cy, optionally
-    k1, k2, k3, p1, p2 and the ``width`` and ``height`` it was calibrated for), or None
-    for :py:data:`DEFAULT_DEPTH_INTRINSICS`. Never raises for any *intrinsics*: a record
-    that is not a usable camera is replaced as a whole by the defaults (mixing one
-    camera's focal length with another's principal point would describe neither);
+    *intrinsics* is a device's camera record (keys fx, fy, cx, cy, optionally k1, k2,
+    k3, p1, p2 and the ``width`` and ``height`` it was calibrated for): its
+    ``depth_camera`` for depth and IR, its ``color_camera`` for colour; or None for
+    *defaults*: :py:data:`DEFAULT_DEPTH_INTRINSICS` (the default), or
+    :py:data:`DEFAULT_COLOR_INTRINSICS` for colour. Never raises for any *intrinsics*: a
+    record that is not a usable camera is replaced as a whole by the defaults (mixing
+    one camera's focal length with another's principal point would describe neither);
     :py:func:`intrinsics_problems` says why. Distortion coefficients a usable record
     leaves out are the defaults' (a Kinect v2 lens). A record (or the defaults) for
-    another image size is scaled to *width* x *height*. Distortion: plumb_bob,
-    ``D = [k1, k2, p1, p2, k3]``. Every value is a finite float.
+    another image size is scaled to *width* x *height*: fx and cx by the ratio of the
+    widths, fy and cy by that of the heights (as image_geometry treats binning), so a
+    ``color_camera`` record for 1920 x 1080 describes the 960 x 540 ("qhd") image too.
+    Distortion: plumb_bob, ``D = [k1, k2, p1, p2, k3]``. Every value is a finite float.
     """
     width, height = _image_size(width, height)
     values = None
     if intrinsics is not None:
-        values = _camera(intrinsics, width, height)[0]
+        values = _camera(intrinsics, width, height, defaults)[0]
     if values is None:
-        values, problems = _camera(DEFAULT_DEPTH_INTRINSICS, width, height)
+        values, problems = _camera(defaults, width, height, defaults)
         assert values is not None, problems  # the defaults fit any size, scaled
     fx, fy, cx, cy = values['fx'], values['fy'], values['cx'], values['cy']
     return {

@@ -1,22 +1,28 @@
-"""ROS 2 node ``streamkinect2_server``: serve Kinect v2 depth streams over the network.
+"""ROS 2 node ``streamkinect2_server``: serve Kinect v2 streams over the network.
 
 The node owns the devices (the mock, or a real backend: see :py:mod:`.backends`) and a
-:py:class:`streamkinect2.Server`, which compresses their depth frames losslessly and
-streams them to clients over ZeroMQ, announced over Zeroconf. The library runs on a
+:py:class:`streamkinect2.Server`, which compresses their depth and IR frames losslessly
+and their colour as JPEG (``color_quality``, ``color_resolution``), and streams those
+chosen (``streams``; default all a device offers) to clients over ZeroMQ, announced over
+Zeroconf. The library runs on a
 tornado IOLoop thread; the rclpy executor keeps the main thread (parameters,
 diagnostics). On shutdown (Ctrl-C, SIGTERM, launch shutdown) the server unregisters from
 Zeroconf and every socket is closed.
 
 Numeric parameters have ranges (rclpy refuses anything else, and the node exits at once
-with the reason). ``/diagnostics`` carries one status per device, OK, WARN or ERROR as
-the server's health checks find it (a device not running or silent, frames failing to
-compress or dropped, flooding subscribers cut off), with its counters; each change of
-health is logged through the node's logger, with the traceback of a failing frame.
+with the reason; so does a ``color_resolution`` or ``streams`` entry it does not know).
+``/diagnostics`` carries one status per device, OK, WARN or ERROR as the server's health
+checks find it, its worst stream (a device not running or silent, frames failing to
+compress or dropped, flooding subscribers cut off), with the depth counters and, per
+stream, ``<stream>.health`` and ``<stream>.<counter>``; each change of health is logged
+through the node's logger, with the traceback of a failing frame.
 """
 import sys
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from streamkinect2 import EndpointType, Server
+from streamkinect2.compress import check_color_options, COLOR_RESOLUTIONS
+from streamkinect2.device import STREAMS
 from streamkinect2.security import CurveServerConfig
 
 from .backends import create_devices
@@ -55,6 +61,13 @@ PARAMETERS = (
     ParamSpec('freenect2_start_timeout', 5.0, 'device=freenect2: seconds from the start of '
               'a sensor to its first frame; none by then: reopen it with the next packet '
               'pipeline', True, (0.1, 3600.0)),
+    ParamSpec('streams', [], 'Streams served, of {0}; unset or empty: every stream a device '
+              'offers'.format(', '.join(STREAMS)), True),
+    ParamSpec('color_quality', 90, 'JPEG quality of the colour stream, 1 (smallest) to 100',
+              True, (1, 100)),
+    ParamSpec('color_resolution', 'hd', 'Colour resolution sent: {0} (hd: 1920 x 1080 as '
+              'captured; qhd: halved, 960 x 540, for thin links)'.format(
+                  ' or '.join(COLOR_RESOLUTIONS)), True),
     ParamSpec('diagnostics_period', 1.0, 'Seconds between diagnostic_msgs/DiagnosticArray '
               'messages on /diagnostics (each device OK, WARN or ERROR); 0: none', True,
               (0.0, 3600.0)),
@@ -95,12 +108,19 @@ class ServerNode(LoopNode):
         params = self.params
         options = {name: value for name, value in params.items()
                    if name.startswith(params['device'] + '_')}
+        options['streams'] = params['streams']  # a device makes only what is served
         self._curve = None
         if params['curve_secret_file']:
             self._curve = CurveServerConfig(params['curve_secret_file'],
                                             params['curve_allowed_clients'])
         elif params['curve_allowed_clients']:
             raise ValueError('curve_allowed_clients needs curve_secret_file')
+        # Checked before any device opens: the node exits with the reason.
+        check_color_options(params['color_quality'], params['color_resolution'])
+        unknown = [name for name in params['streams'] if name not in STREAMS]
+        if unknown:
+            raise ValueError('streams: unknown stream(s) {0}; known: {1}'.format(
+                ', '.join(repr(name) for name in unknown), ', '.join(STREAMS)))
         self._devices = create_devices(params['device'], options)
         for device in self._devices:
             lost = getattr(type(device), 'on_device_lost', None)
@@ -111,8 +131,10 @@ class ServerNode(LoopNode):
         self.get_logger().info('Server {0!r} control endpoint {1} ({2}); devices: {3}'.format(
             self._server.name, control,
             'announced over Zeroconf' if params['announce'] else 'not announced',
-            ', '.join('{0} on {1}'.format(device_id, endpoint)
-                      for device_id, endpoint in self.device_endpoints().items())))
+            '; '.join('{0}: {1}'.format(device_id, ', '.join(
+                '{0} on {1}'.format(stream, self._server.device_endpoint(device_id, stream))
+                for stream in self._server.device_streams(device_id)))
+                for device_id in self.device_endpoints())))
 
     def _start_on_loop(self):
         params = self.params
@@ -120,7 +142,8 @@ class ServerNode(LoopNode):
             address=params['address'] or None, name=params['server_name'] or None,
             zmq_ctx=self.zmq_ctx, io_loop=self.loop.io_loop,
             announce=params['announce'], control_port=params['control_port'] or None,
-            curve=self._curve)
+            curve=self._curve, color_quality=params['color_quality'],
+            color_resolution=params['color_resolution'], streams=params['streams'] or None)
         period = params['diagnostics_period']
         self._server.health_period = min(period, 1.0) if period > 0 else 1.0
         for device in self._devices:
@@ -166,18 +189,28 @@ class ServerNode(LoopNode):
         server = self._server
         return server.endpoints.get(EndpointType.control) if server is not None else None
 
-    def device_endpoints(self):
-        """Return ``{device id: depth endpoint}``."""
-        return {device.unique_kinect_id: self._server.device_endpoint(device.unique_kinect_id)
+    def device_endpoints(self, stream='depth'):
+        """Return ``{device id: endpoint of its *stream*}`` (None: not served)."""
+        return {device.unique_kinect_id: self._server.device_endpoint(device.unique_kinect_id,
+                                                                      stream)
                 for device in self._devices}
 
     def _collect_stats(self):
         server = self._server
         if server is None or not server.is_running:
             return {}
-        return {device.unique_kinect_id: (server.device_health(device.unique_kinect_id),
-                                          server.device_stats(device.unique_kinect_id))
-                for device in server.kinects}
+        stats = {}
+        for device in server.kinects:
+            kinect_id = device.unique_kinect_id
+            counters = server.device_stats(kinect_id)
+            streams = counters.pop('streams', {})
+            for stream, values in streams.items():
+                level, message = server.device_health(kinect_id, stream)
+                counters['{0}.health'.format(stream)] = '{0}: {1}'.format(level, message)
+                for key, value in values.items():
+                    counters['{0}.{1}'.format(stream, key)] = value
+            stats[kinect_id] = (server.device_health(kinect_id), counters)
+        return stats
 
     def _publish_diagnostics(self):
         try:

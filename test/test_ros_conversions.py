@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from streamkinect2 import MockKinect
-from streamkinect2.device import INTRINSIC_KEYS, KINECT2_DEFAULT_DEPTH_CAMERA
+from streamkinect2.codec import encode_jpeg, halve_bgrx
+from streamkinect2.device import (ColorFrame, INTRINSIC_KEYS, IrFrame,
+                                  KINECT2_DEFAULT_DEPTH_CAMERA, MOCK_CALIBRATION)
 from streamkinect2.protocol import decode_control
 from streamkinect2_ros import backends, conversions
 
@@ -103,6 +105,114 @@ def test_fill_image_is_byte_exact_16uc1():
     assert bytes(swapped.data) == pixels.astype('>u2').tobytes()
     with pytest.raises(ValueError):
         conversions.fill_image(sensor_msgs.Image(), pixels.astype(np.float32), 'f', 0)
+
+
+def _colour_pixels(width=1920, height=1080, channels=4):
+    """Return smooth BGRX (or BGR) test pixels: JPEG keeps them within a few levels."""
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = np.empty((height, width, channels), np.uint8)
+    pixels[..., 0] = (x * 255 // max(width - 1, 1)).astype(np.uint8)
+    pixels[..., 1] = (y * 255 // max(height - 1, 1)).astype(np.uint8)
+    pixels[..., 2] = 128
+    if channels == 4:
+        pixels[..., 3] = 255
+    return pixels
+
+
+def test_fill_image_bgr8_from_a_colour_frame():
+    bgrx = _colour_pixels(64, 48)
+    frame = ColorFrame(pixels=bgrx)
+    view = frame.array  # the BGR view of BGRX pixels: not C-contiguous
+    assert not view.flags.c_contiguous
+    msg = conversions.fill_image(sensor_msgs.Image(), view, 'rgb', 1700000000000000001)
+    assert (msg.width, msg.height, msg.step, msg.encoding) == (64, 48, 64 * 3, 'bgr8')
+    assert msg.is_bigendian is False
+    assert bytes(msg.data) == np.ascontiguousarray(bgrx[:, :, :3]).tobytes()
+    assert msg.header.frame_id == 'rgb' and msg.header.stamp.nanosec == 1
+    back = _round_trip(msg)
+    assert bytes(back.data) == bytes(msg.data) and back.encoding == 'bgr8'
+    # Decoded from JPEG (what a client has): within JPEG tolerance of the pixels.
+    decoded = ColorFrame(jpeg=encode_jpeg(bgrx, 90), shape=(64, 48)).array
+    msg = conversions.fill_image(sensor_msgs.Image(), decoded, 'rgb', 0)
+    pixels = np.frombuffer(bytes(msg.data), np.uint8).reshape(48, 64, 3)
+    error = np.abs(pixels.astype(int) - bgrx[:, :, :3].astype(int))
+    assert error.mean() < 2.0 and error.max() < 24
+    for bad in (np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 3), np.uint16),
+                np.zeros((4, 4, 3), np.int8), np.zeros((4, 4), np.uint8)):
+        with pytest.raises(ValueError):
+            conversions.fill_image(sensor_msgs.Image(), bad, 'f', 0)
+
+
+def test_fill_image_ir_is_byte_exact_16uc1():
+    rng = np.random.default_rng(7)
+    amplitude = rng.integers(0, 65536, size=(424, 512), dtype=np.uint16)
+    frame = IrFrame(amplitude, sequence=3, timestamp_ns=5)
+    msg = conversions.fill_image(sensor_msgs.Image(), frame.array, 'ir', frame.timestamp_ns)
+    assert (msg.width, msg.height, msg.step, msg.encoding) == (512, 424, 1024, '16UC1')
+    assert bytes(_round_trip(msg).data) == amplitude.tobytes()
+
+
+def test_fill_compressed_image_forwards_the_jpeg_bytes():
+    jpeg = encode_jpeg(_colour_pixels(160, 90), 80)
+    msg = conversions.fill_compressed_image(sensor_msgs.CompressedImage(), jpeg, 'rgb',
+                                            1700000000123456789)
+    # Exactly what image_transport's compressed publisher writes for a bgr8 image.
+    assert msg.format == 'bgr8; jpeg compressed bgr8'
+    assert msg.header.frame_id == 'rgb'
+    assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (1700000000, 123456789)
+    back = _round_trip(msg)
+    assert bytes(back.data) == jpeg
+    # Any buffer: a received frame's bytes may be a memoryview of a zmq frame.
+    again = conversions.fill_compressed_image(sensor_msgs.CompressedImage(),
+                                              memoryview(jpeg), 'rgb', 0)
+    assert bytes(again.data) == jpeg
+    with pytest.raises(ValueError, match='builtin_interfaces/Time'):
+        conversions.fill_compressed_image(sensor_msgs.CompressedImage(), jpeg, 'f', -1)
+
+
+def test_colour_camera_info_matches_the_image_at_hd_and_qhd():
+    record = MOCK_CALIBRATION['color_camera']
+    assert conversions.DEFAULT_COLOR_INTRINSICS is record  # one table, in device
+    hd = conversions.camera_info_fields(1920, 1080, record,
+                                        conversions.DEFAULT_COLOR_INTRINSICS)
+    assert conversions.intrinsics_problems(record, 1920, 1080,
+                                           conversions.DEFAULT_COLOR_INTRINSICS) == []
+    assert (hd['width'], hd['height']) == (1920, 1080)
+    assert hd['k'] == pytest.approx(_k(record))
+    assert hd['d'] == pytest.approx([record['k1'], record['k2'], record['p1'], record['p2'],
+                                     record['k3']])
+    _assert_sane(hd, 1920, 1080)
+    # qhd: the size of the halved pixels, the 1920 x 1080 record scaled to it.
+    qhd_pixels = halve_bgrx(_colour_pixels(1920, 1080))
+    height, width = qhd_pixels.shape[:2]
+    qhd = conversions.camera_info_fields(width, height, record,
+                                         conversions.DEFAULT_COLOR_INTRINSICS)
+    assert (qhd['width'], qhd['height']) == (960, 540)
+    assert qhd['k'] == pytest.approx(_k({key: record[key] / 2 for key in
+                                         ('fx', 'fy', 'cx', 'cy')}))
+    assert qhd['p'][:3] == pytest.approx([record['fx'] / 2, 0, record['cx'] / 2])
+    assert qhd['d'] == hd['d']  # distortion does not change with the scale
+    _assert_sane(qhd, 960, 540)
+    # No record, or one that is not a camera: the colour defaults, not the depth ones.
+    colour_defaults = conversions.camera_info_fields(960, 540, None,
+                                                     conversions.DEFAULT_COLOR_INTRINSICS)
+    assert colour_defaults == qhd
+    hostile = dict(record, fx=float('inf'))
+    assert conversions.camera_info_fields(
+        960, 540, hostile, conversions.DEFAULT_COLOR_INTRINSICS) == qhd
+    assert 'fx' in conversions.intrinsics_problems(
+        hostile, 960, 540, conversions.DEFAULT_COLOR_INTRINSICS)[0]
+    # libfreenect2's colour parameters have no distortion: zeros are taken as they are;
+    # a record without them gets the colour defaults' distortion.
+    no_distortion = {key: record[key] for key in ('width', 'height', 'fx', 'fy', 'cx',
+                                                  'cy')}
+    fields = conversions.camera_info_fields(1920, 1080, dict(
+        no_distortion, k1=0.0, k2=0.0, k3=0.0, p1=0.0, p2=0.0),
+        conversions.DEFAULT_COLOR_INTRINSICS)
+    assert fields['d'] == [0.0] * 5
+    fields = conversions.camera_info_fields(1920, 1080, no_distortion,
+                                            conversions.DEFAULT_COLOR_INTRINSICS)
+    assert fields['d'] == hd['d']
 
 
 def _round_trip(msg):
