@@ -2,7 +2,8 @@
 
 One helper for every place that reports on a stream: the client's per-device
 ``stats``, the ROS nodes' logs and ``/diagnostics``, the command-line tools and the
-benchmarks. Memory is bounded: a window keeps at most ``max_samples`` samples.
+benchmarks. Memory is bounded: a window keeps the samples of its period only, and
+``max_samples`` at most.
 """
 import collections
 import math
@@ -45,7 +46,10 @@ class Window(object):
         """Record one event with *value* at monotonic time *now* (default: the time now)."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            self._samples.append((now, value))
+            samples = self._samples
+            samples.append((now, value))
+            while now - samples[0][0] > self.period:  # only the window is kept
+                samples.popleft()
 
     def clear(self) -> None:
         """Forget every sample; the rate counts from now."""

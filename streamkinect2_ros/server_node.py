@@ -63,8 +63,9 @@ PARAMETERS = (
               'pipeline', True, (0.1, 3600.0)),
     ParamSpec('streams', [], 'Streams served, of {0}; unset or empty: every stream a device '
               'offers'.format(', '.join(STREAMS)), True),
-    ParamSpec('color_quality', 90, 'JPEG quality of the colour stream, 1 (smallest) to 100',
-              True, (1, 100)),
+    ParamSpec('color_quality', 0, 'JPEG quality of the colour stream, 1 (smallest) to 100; '
+              '0: 90 at hd, 75 at qhd (depth + qhd colour then stays under 50 Mbit/s)',
+              True, (0, 100)),
     ParamSpec('color_resolution', 'hd', 'Colour resolution sent: {0} (hd: 1920 x 1080 as '
               'captured; qhd: halved, 960 x 540, for thin links)'.format(
                   ' or '.join(COLOR_RESOLUTIONS)), True),
@@ -116,7 +117,7 @@ class ServerNode(LoopNode):
         elif params['curve_allowed_clients']:
             raise ValueError('curve_allowed_clients needs curve_secret_file')
         # Checked before any device opens: the node exits with the reason.
-        check_color_options(params['color_quality'], params['color_resolution'])
+        check_color_options(params['color_quality'] or None, params['color_resolution'])
         unknown = [name for name in params['streams'] if name not in STREAMS]
         if unknown:
             raise ValueError('streams: unknown stream(s) {0}; known: {1}'.format(
@@ -142,7 +143,7 @@ class ServerNode(LoopNode):
             address=params['address'] or None, name=params['server_name'] or None,
             zmq_ctx=self.zmq_ctx, io_loop=self.loop.io_loop,
             announce=params['announce'], control_port=params['control_port'] or None,
-            curve=self._curve, color_quality=params['color_quality'],
+            curve=self._curve, color_quality=params['color_quality'] or None,
             color_resolution=params['color_resolution'], streams=params['streams'] or None)
         period = params['diagnostics_period']
         self._server.health_period = min(period, 1.0) if period > 0 else 1.0

@@ -469,7 +469,9 @@ def test_server_node_streams_share_the_capture_stamp_on_the_topics(resolution, s
             if resolution == 'qhd':
                 expected = halve_bgrx(expected)
             expected = expected[:, :, :3].astype(np.int16)
-            assert np.abs(pixels.astype(np.int16) - expected).mean() < 2.0
+            # JPEG tolerance: quality 90 at hd, 75 at qhd (the node's default of each).
+            assert np.abs(pixels.astype(np.int16) - expected).mean() < (
+                2.0 if resolution == 'hd' else 3.0)
             if stamp_ns(img) in depth_by_stamp:
                 assert depth_by_stamp[stamp_ns(img)] == sequence
                 shared += 1

@@ -424,7 +424,7 @@ def test_the_streams_served_can_be_limited():
 # --- the server node's stream parameters (real rclpy) ------------------------------------
 
 @pytest.mark.parametrize('params,reason', [
-    ({'color_quality': 0}, 'color_quality'), ({'color_quality': 101}, 'color_quality'),
+    ({'color_quality': -1}, 'color_quality'), ({'color_quality': 101}, 'color_quality'),
     ({'color_resolution': 'uhd'}, "color_resolution must be one of 'hd', 'qhd'"),
     ({'streams': '[depth,audio]'}, "unknown stream(s) 'audio'")])
 def test_bad_stream_parameters_stop_the_server_node_with_a_reason(params, reason):
