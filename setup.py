@@ -48,7 +48,8 @@ setup(
     ],
     extras_require={
         'ros': ROS_WHEELS,
-        'test': ['pytest>=7', 'hypothesis>=6', 'psutil>=5', 'flake8', 'pydocstyle', 'mypy>=1.5'],
+        'test': ['pytest>=7', 'PyYAML', 'hypothesis>=6', 'psutil>=5', 'flake8', 'pydocstyle',
+                 'mypy>=1.5'],
         'bench': ['lz4>=4', 'Pillow', 'psutil>=5'],
         # colcon and the ament linters (with the flake8 plugins ament_flake8 uses on a ROS
         # 2 install), for building and testing as a workspace without a ROS distribution.
