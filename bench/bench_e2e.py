@@ -16,7 +16,6 @@ server's colour options.
 import argparse
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -35,78 +34,20 @@ DEFAULT_RGBD = os.path.join(DATA, 'rgbd', 'kinect2_sync_rgbd.npz')
 COUNTERS = ('received', 'dropped', 'invalid', 'payload_bytes', 'raw_bytes')
 
 
-def serve_main(argv):
-    """Serve mock devices on 127.0.0.1 with the colour options given (the server process).
-
-    ``--serve`` mode of this script: ``streamkinect2-mock-server`` has no colour options.
-    Prints ``serving ... on <control endpoint>`` once serving; stops on SIGTERM, SIGINT
-    or after ``--lifetime`` seconds.
-    """
-    from streamkinect2.common import EndpointType
-    from streamkinect2.mock import MockKinect, Recording
-    from streamkinect2.server import Server
-    parser = argparse.ArgumentParser()
-    parser.add_argument('--devices', type=int, default=1)
-    parser.add_argument('--fps', type=float, default=30.0)
-    parser.add_argument('--replay', default='')
-    parser.add_argument('--streams', default='depth')
-    parser.add_argument('--color-quality', type=int, default=None)
-    parser.add_argument('--color-resolution', default='hd')
-    parser.add_argument('--lifetime', type=float, default=600.0)
-    args = parser.parse_args(argv)
-    streams = tuple(args.streams.split(','))
-
-    async def run():
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        loop.call_later(args.lifetime, stop.set)
-        if args.replay:
-            recording = Recording.load(args.replay)
-            kinects = [MockKinect.from_recording(recording, fps=args.fps, streams=streams)
-                       for _ in range(args.devices)]
-        else:
-            kinects = [MockKinect(fps=args.fps, streams=streams) for _ in range(args.devices)]
-        server = Server(address='127.0.0.1', announce=False, io_loop=IOLoop.current(),
-                        color_quality=args.color_quality,
-                        color_resolution=args.color_resolution)
-        for kinect in kinects:
-            server.add_kinect(kinect)
-            kinect.start()
-        server.start()
-        print('serving {0} mock device(s) on {1}'.format(
-            len(kinects), server.endpoints[EndpointType.control]), flush=True)
-        try:
-            await stop.wait()
-        finally:
-            server.stop()
-            for kinect in kinects:
-                kinect.stop()
-    asyncio.run(run())
-    return 0
-
-
 def start_server(devices, fps, replay, lifetime=600, streams=('depth',), color_quality=None,
                  color_resolution='hd'):
     """Start a mock server process on loopback; return (process, control endpoint).
 
-    The server stops by itself after *lifetime* seconds, should this script be killed.
-    Depth alone at the default colour options runs ``streamkinect2-mock-server``'s code
-    (as the README's figures were measured); anything else this script's ``--serve``.
+    The server is ``streamkinect2-mock-server``'s code; it stops by itself after
+    *lifetime* seconds, should this script be killed.
     """
-    if tuple(streams) == ('depth',) and color_quality is None and color_resolution == 'hd':
-        code = 'import sys; from streamkinect2.tools import mock_server_main; ' \
-               'sys.exit(mock_server_main())'
-        command = [sys.executable, '-c', code, '--address', '127.0.0.1', '--no-announce',
-                   '--devices', str(devices), '--fps', str(fps), '--duration', str(lifetime),
-                   '--streams', 'depth'] + (['--replay', replay] if replay else [])
-    else:
-        command = [sys.executable, os.path.abspath(__file__), '--serve',
-                   '--devices', str(devices), '--fps', str(fps), '--lifetime', str(lifetime),
-                   '--streams', ','.join(streams), '--replay', replay or '',
-                   '--color-resolution', color_resolution] + (
-            ['--color-quality', str(color_quality)] if color_quality is not None else [])
+    code = 'import sys; from streamkinect2.tools import mock_server_main; ' \
+           'sys.exit(mock_server_main())'
+    command = [sys.executable, '-c', code, '--address', '127.0.0.1', '--no-announce',
+               '--devices', str(devices), '--fps', str(fps), '--duration', str(lifetime),
+               '--streams', ','.join(streams), '--color-resolution', color_resolution] + (
+        ['--replay', replay] if replay else []) + (
+        ['--color-quality', str(color_quality)] if color_quality is not None else [])
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                text=True, env=dict(os.environ, PYTHONUNBUFFERED='1'))
     line = process.stdout.readline()
@@ -270,8 +211,6 @@ def print_streams(args, elapsed, delta, receiver, cpu_server, cpu_client):
 def main(argv=None):
     """Run one configuration and print its figures."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ['--serve']:
-        return serve_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--devices', type=int, default=1)
     parser.add_argument('--fps', type=float, default=30.0)

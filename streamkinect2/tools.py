@@ -16,6 +16,7 @@ from tornado.ioloop import IOLoop
 
 from .client import FrameStats
 from .common import EndpointType
+from .compress import check_color_options
 from .connection import ServerConnection
 from .device import DepthFrame, STREAMS
 from .mock import MockKinect, Recording
@@ -67,6 +68,11 @@ def _mock_server_parser() -> argparse.ArgumentParser:
     parser.add_argument('--streams', default=None, metavar='LIST',
                         help='comma-separated streams to offer, among {0} (default: all '
                              'there are; depth is always offered)'.format(','.join(STREAMS)))
+    parser.add_argument('--color-quality', type=int, default=None, metavar='Q',
+                        help='JPEG quality of the colour stream, 1-100 (default: 90 at hd, '
+                             '75 at qhd)')
+    parser.add_argument('--color-resolution', default='hd', choices=('hd', 'qhd'),
+                        help='colour sent: hd (1920 x 1080) or qhd (960 x 540)')
     parser.add_argument('--no-announce', action='store_true',
                         help='do not announce over Zeroconf')
     parser.add_argument('--curve-secret', default=None, metavar='FILE',
@@ -103,7 +109,9 @@ async def _mock_server(args: argparse.Namespace, stop: asyncio.Event) -> int:
     curve = CurveServerConfig(args.curve_secret, args.curve_allow) if args.curve_secret \
         else None
     server = Server(address=args.address, name=args.name, announce=not args.no_announce,
-                    control_port=args.control_port, io_loop=IOLoop.current(), curve=curve)
+                    control_port=args.control_port, io_loop=IOLoop.current(), curve=curve,
+                    color_quality=args.color_quality,
+                    color_resolution=args.color_resolution)
     for kinect in kinects:
         server.add_kinect(kinect)
         kinect.start()
@@ -123,6 +131,10 @@ def mock_server_main(argv: Optional[Sequence[str]] = None) -> int:
     """Run a server with mock devices until Ctrl-C."""
     args = _mock_server_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    try:
+        check_color_options(args.color_quality, args.color_resolution)
+    except ValueError as err:
+        raise SystemExit('error: {0}'.format(err)) from None
     args.kinects = _mock_devices(args)  # bad options end here, before anything runs
     return _run(_mock_server, args)
 

@@ -145,3 +145,15 @@ def test_mock_server_with_a_bad_replay_file_exits_saying_why(tmp_path):
             server.kill()
             server.wait()
     assert server.returncode != 0 and 'none.npz' in output and 'Traceback' not in output
+
+
+def test_mock_server_colour_options_are_checked_before_anything_runs():
+    server = _start_mock_server('tools bad quality', '--color-quality', '0')
+    try:
+        output, _ = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert server.returncode != 0 and 'color_quality' in output
+    assert 'Traceback' not in output
