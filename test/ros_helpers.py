@@ -134,6 +134,24 @@ class NodeProcess(object):
         self.close()
 
 
+def failed_start_output(executable, overrides, name_prefix):
+    """Start node *executable* with *overrides* on loopback; return its output.
+
+    The node must refuse to start: exit with status 1 (within 60 s) and log FATAL.
+    """
+    params = {'address': LOOPBACK, 'announce': 'false', 'diagnostics_period': 0.0,
+              'server_name': unique(name_prefix)}
+    params.update(overrides)
+    with NodeProcess(executable, params) as node:
+        try:
+            code = node.proc.wait(60)
+        except Exception:
+            raise AssertionError('the node kept running:\n' + node.output())
+        out = node.output()
+    assert code == 1 and 'FATAL' in out, out
+    return out
+
+
 class TestSubscriber(object):
     """An rclpy node on a private context, spun on this thread with deadlines."""
 

@@ -26,18 +26,8 @@ LOOPBACK = ros_helpers.LOOPBACK
                                     {'mock_fps': 0.0}, {'mock_count': 0}])
 def test_out_of_range_parameters_stop_the_node_with_a_reason(params):
     # Before: control_port 70000 bound some other port and the node kept running.
-    overrides = {'address': LOOPBACK, 'announce': 'false', 'diagnostics_period': 0.0,
-                 'server_name': ros_helpers.unique('range ')}
-    overrides.update(params)
-    with ros_helpers.NodeProcess('server_node', overrides) as node:
-        try:
-            code = node.proc.wait(60)
-        except Exception:
-            raise AssertionError('the node kept running:\n' + node.output())
-        out = node.output()
-        assert code == 1, out
-        name = next(iter(params))
-        assert name in out and 'FATAL' in out, out
+    out = ros_helpers.failed_start_output('server_node', params, 'range ')
+    assert next(iter(params)) in out
 
 
 class _Node(object):
