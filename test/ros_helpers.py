@@ -134,6 +134,15 @@ class NodeProcess(object):
         self.close()
 
 
+def published_topics(sub, namespace, node_name='streamkinect2_client'):
+    """Return the topics node *node_name* in *namespace* publishes (seen by *sub*)."""
+    try:
+        return {name for name, _ in sub.node.get_publisher_names_and_types_by_node(
+            node_name, namespace)}
+    except Exception:  # the node is not (yet) in the graph
+        return set()
+
+
 def failed_start_output(executable, overrides, name_prefix):
     """Start node *executable* with *overrides* on loopback; return its output.
 

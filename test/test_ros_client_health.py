@@ -48,15 +48,6 @@ class Diagnostics(object):
         return None if status is None else status.level
 
 
-def published_topics(sub, namespace):
-    """Return the topics the client node in *namespace* publishes."""
-    try:
-        return {name for name, _ in sub.node.get_publisher_names_and_types_by_node(
-            NODE_NAME, namespace)}
-    except Exception:  # the node is not (yet) in the graph
-        return set()
-
-
 def test_a_stalled_stream_is_a_warning_in_the_log_and_in_diagnostics():
     device = ros_helpers.unique('stall_')
     namespace = '/' + ros_helpers.unique('t')
@@ -99,7 +90,7 @@ def test_publishers_of_removed_devices_are_released_and_devices_capped():
             'depth': server.depth_endpoint}} for i in range(1000)])
 
     def device_topics(sub):
-        return {t for t in published_topics(sub, namespace)
+        return {t for t in ros_helpers.published_topics(sub, namespace)
                 if t.startswith(namespace + '/')}
 
     with FakeServer(rotating) as fake, ros_helpers.TestSubscriber() as sub, \

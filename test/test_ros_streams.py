@@ -227,15 +227,6 @@ class Topics(object):
         return all(len(self.got[key]) >= count for key in keys)
 
 
-def published_topics(sub, namespace):
-    """Return the topics the client node in *namespace* publishes."""
-    try:
-        return {name for name, _ in sub.node.get_publisher_names_and_types_by_node(
-            NODE_NAME, namespace)}
-    except Exception:  # the node is not (yet) in the graph
-        return set()
-
-
 def check_camera_info(info, width, height, record, frame_id):
     """Assert *info* describes a *width* x *height* image of the camera *record*."""
     assert (info.width, info.height) == (width, height)
@@ -359,7 +350,8 @@ def test_a_removed_device_releases_the_publishers_of_every_stream():
     namespace = '/' + ros_helpers.unique('t')
 
     def device_topics(sub):
-        return {t for t in published_topics(sub, namespace) if t.startswith(namespace + '/')}
+        return {t for t in ros_helpers.published_topics(sub, namespace)
+                if t.startswith(namespace + '/')}
     with StreamServer(device, 'qhd') as fake, ros_helpers.TestSubscriber() as sub, \
             start_client(namespace, server_endpoint=fake.endpoint) as client:
         base = '{0}/{1}/'.format(namespace, device)
@@ -381,7 +373,7 @@ def test_streams_parameter_depth_only():
                          streams='[depth]') as client:
         topics = Topics(sub, namespace, device)
         sub.spin_until(lambda: topics.have(3, 'depth', 'depth_info'), 30.0, 'depth')
-        device_topics = {t for t in published_topics(sub, namespace)
+        device_topics = {t for t in ros_helpers.published_topics(sub, namespace)
                          if t.startswith(namespace + '/')}
         assert device_topics == {topics.base + 'depth/image_raw',
                                  topics.base + 'depth/camera_info'}
@@ -401,7 +393,7 @@ def test_streams_the_server_does_not_offer_are_left_out_with_a_warning():
         topics = Topics(sub, namespace, device)
         sub.spin_until(lambda: topics.have(3, 'compressed', 'color_info'), 30.0, 'colour')
         client.wait_for_output('does not offer ir', 10.0)
-        device_topics = {t for t in published_topics(sub, namespace)
+        device_topics = {t for t in ros_helpers.published_topics(sub, namespace)
                          if t.startswith(namespace + '/')}
         assert device_topics == {topics.base + 'color/image_raw',
                                  topics.base + 'color/image_raw/compressed',
