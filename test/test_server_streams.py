@@ -643,3 +643,30 @@ def test_ir_and_colour_are_compressed_only_while_somebody_subscribes():
             assert compressors['color'].frames_in == count
             wire.close()
     run_async(main(), timeout=60)
+
+
+def test_a_peer_toggling_its_subscription_neither_stops_colour_nor_grows_anything():
+    """Subscribe/unsubscribe churn from a hostile peer: the real subscriber keeps colour."""
+    async def main():
+        kinect = MockKinect(unique_kinect_id='churn', streams=('depth', 'color'))
+        with kinect, Server(address=LOOPBACK, announce=False) as server:
+            server.add_kinect(kinect)
+            endpoint = server.device_endpoint('churn', 'color')
+            wire = Wire(server)
+            wire.subscribe('color', endpoint)
+            await wire.pump_until(lambda: len(wire.received['color']) >= 2, 10, 'colour')
+            hostile = wire.sub_ctx.socket(zmq.XSUB)
+            hostile.linger = 0
+            hostile.connect(endpoint)
+            for _ in range(500):  # subscribe-all / unsubscribe-all, as fast as it can
+                hostile.send(b'\x01')
+                hostile.send(b'\x00')
+            await asyncio.sleep(0.5)
+            before = len(wire.received['color'])
+            await wire.pump_until(lambda: len(wire.received['color']) >= before + 10, 10,
+                                  'colour after the churn')
+            assert server._devices['churn'].compressors['color'].active
+            assert server.device_stats('churn')['streams']['color']['subscribers_cut'] == 0
+            hostile.close(0)
+            wire.close()
+    run_async(main(), timeout=60)
