@@ -300,7 +300,10 @@ def test_colour_and_ir_from_the_wire_to_the_topics(resolution, size):
             error = np.abs(pixels.astype(np.int16)
                            - fake.colour_pixels(sequence)[:, :, :3].astype(np.int16))
             assert error.mean() < 2.0, error.mean()
-        sub.spin_until(lambda: any(stamp_ns(i) in compressed_stamps for i in got['color']),
+        # (best effort between processes: either message of a capture may be lost, so
+        # compare with every CompressedImage received so far, not a snapshot)
+        sub.spin_until(lambda: {stamp_ns(i) for i in got['color']}
+                       & {stamp_ns(m) for m in got['compressed']},
                        10.0, 'an Image and a CompressedImage of one capture')
         sub.spin_until(lambda: int(topics.diagnostics['color_decoded']) > 0, 10.0,
                        'decoded colour frames counted')
