@@ -24,6 +24,19 @@ this module checks what it does not:
   deliver nothing: no frame within *start_timeout* seconds of the start counts as a
   pipeline failure, and the sensor is opened again with the next pipeline.
 
+Orientation: libfreenect2's frames are mirrored (the scene's left on the image's right).
+Depth, IR and colour frames from this device are un-mirrored, like kinect2_bridge's (which
+flips libfreenect2's frames horizontally), the mock's and the recorded captures': a pixel
+at libfreenect2's column x is at column ``width - 1 - x`` here. Depth and IR cost nothing
+extra (the conversion writes the flipped view into the copy it makes anyway); colour is
+copied reversed a uint32 a pixel (about 1.4 ms a frame here, a plain copy 0.3). Camera
+records (:py:func:`read_depth_camera`, :py:func:`read_color_camera`) describe these
+un-mirrored frames: libfreenect2's values with ``cx`` taken to ``width - 1 - cx`` and
+``p2`` negated (:py:func:`.factory_model.mirror_intrinsics`), so a CameraInfo filled from
+them matches the pixels; the colour record's depth-to-colour mapping terms stay
+libfreenect2's own (defined on its mirrored images: :py:mod:`.factory_model` mirrors the
+records back before using them).
+
 libfreenect2 delivers depth as float32 millimetres; :py:func:`depth_to_uint16` turns it
 into the uint16 millimetres of REP 118, invalid readings 0. IR comes as float32 amplitude
 0-65535 (:py:func:`ir_to_uint16`), colour as 1920 x 1080 BGRX (RGBX from the Tegra
@@ -50,6 +63,7 @@ import numpy.typing as npt
 from .common import send_isolated
 from .device import (COLOR_HEIGHT, COLOR_WIDTH, ColorFrame, DEPTH_HEIGHT, DEPTH_WIDTH,
                      DepthFrame, DeviceLifetime, INTRINSIC_KEYS, IrFrame, STREAMS)
+from .factory_model import mirror_intrinsics
 
 __all__ = ['Freenect2Kinect', 'Freenect2Unavailable', 'color_to_bgrx', 'depth_to_uint16',
            'frame_format', 'ir_to_uint16', 'is_null_device', 'list_serials', 'open_devices',
@@ -238,20 +252,23 @@ def frame_format(frame: Any) -> Optional[int]:
 
 
 def color_to_bgrx(frame: Any) -> npt.NDArray[np.uint8]:
-    """Return a copy of the colour *frame* (a pylibfreenect2 ``Frame``) as BGRX pixels.
+    """Return an un-mirrored copy of the colour *frame* (a pylibfreenect2 ``Frame``), BGRX.
 
-    (height, width, 4) uint8, from ``asarray(np.uint8)``; an RGBX frame (libfreenect2's
-    Tegra decoder) has its R and B swapped, any other format is taken as BGRX (what every
-    other decoder gives). A copy: the frame's buffer is gone at the listener's release.
+    (height, width, 4) uint8, C-contiguous, from ``asarray(np.uint8)`` flipped
+    horizontally (libfreenect2's frames are mirrored; see the module docstring); an RGBX
+    frame (libfreenect2's Tegra decoder) has its R and B swapped, any other format is
+    taken as BGRX (what every other decoder gives). A copy: the frame's buffer is gone at
+    the listener's release.
     """
-    pixels = frame.asarray(np.uint8)
-    if frame_format(frame) != FORMAT_RGBX:
-        return np.array(pixels)
+    pixels = np.ascontiguousarray(frame.asarray(np.uint8))
     out = np.empty(pixels.shape, np.uint8)
-    out[..., 0] = pixels[..., 2]
-    out[..., 1] = pixels[..., 1]
-    out[..., 2] = pixels[..., 0]
-    out[..., 3] = pixels[..., 3]
+    # The flip as one uint32 a pixel: numpy copies reversed rows of those about 6 times
+    # faster than of 4-byte pixels (1.4 ms a frame instead of 10).
+    np.copyto(out.view(np.uint32)[..., 0], pixels.view(np.uint32)[:, ::-1, 0])
+    if frame_format(frame) == FORMAT_RGBX:
+        red = out[..., 0].copy()
+        out[..., 0] = out[..., 2]
+        out[..., 2] = red
     return out
 
 
@@ -300,6 +317,8 @@ def is_null_device(device: Any) -> Optional[bool]:
 def read_depth_camera(params: Any, serial: str) -> Dict[str, float]:
     """Return the depth camera record of *params* (an ``IrCameraParams``) of sensor *serial*.
 
+    The record describes this device's un-mirrored frames (module docstring).
+
     libfreenect2 reads the parameters from the sensor in ``startStreams``; if that failed
     (pylibfreenect2 drops its result) they were never set: ``fx`` not above 0 raises
     :py:class:`Freenect2Unavailable` naming the likely causes.
@@ -309,7 +328,7 @@ def read_depth_camera(params: Any, serial: str) -> Dict[str, float]:
         camera[name] = float(getattr(params, name))
     if not (math.isfinite(camera['fx']) and camera['fx'] > 0):
         raise Freenect2Unavailable(START_FAILED.format(serial, camera['fx'], 'depth'))
-    return camera
+    return mirror_intrinsics(camera, DEPTH_WIDTH)
 
 
 def read_color_camera(params: Any, serial: str) -> Dict[str, float]:
@@ -328,7 +347,7 @@ def read_color_camera(params: Any, serial: str) -> Dict[str, float]:
         camera[name] = float(getattr(params, name))
     if not (math.isfinite(camera['fx']) and camera['fx'] > 0):
         raise Freenect2Unavailable(START_FAILED.format(serial, camera['fx'], 'colour'))
-    return camera
+    return mirror_intrinsics(camera, COLOR_WIDTH)
 
 
 def _has_display() -> bool:
@@ -613,11 +632,12 @@ class Freenect2Kinect(DeviceLifetime):
         frames = listener.waitForNewFrame()
         try:
             depth = frames['depth']
-            pixels = depth_to_uint16(depth.asarray(np.float32), self.min_depth,
+            # [:, ::-1]: un-mirrored, written by the conversion's own copy.
+            pixels = depth_to_uint16(depth.asarray(np.float32)[:, ::-1], self.min_depth,
                                      self.max_depth)
             sequence, device_time = depth.sequence, depth.timestamp
-            ir = ir_to_uint16(frames['ir'].asarray(np.float32)) if 'ir' in self.streams \
-                else None
+            ir = ir_to_uint16(frames['ir'].asarray(np.float32)[:, ::-1]) \
+                if 'ir' in self.streams else None
         finally:
             listener.release(frames)
         send_isolated(self.on_depth_frame, self, depth_frame=DepthFrame(

@@ -204,7 +204,8 @@ def test_no_frame_within_the_start_timeout_reopens_with_the_next_pipeline(lib, c
             'reopening with the cpu pipeline') in log
     assert 'Kinect A1 streaming depth with the cpu pipeline' in log
     for frame in frames:
-        expected = depth_to_uint16(sources[(frame.sequence - 1000) % len(sources)])
+        # Un-mirrored: test_frames_come_un_mirrored_as_kinect2_bridge_publishes_them.
+        expected = depth_to_uint16(sources[(frame.sequence - 1000) % len(sources)][:, ::-1])
         assert np.array_equal(frame.array, expected)
 
 
@@ -306,7 +307,8 @@ def test_frames_carry_the_sensor_clock_and_convert_exactly(lib):
     with device:
         assert done.wait(10)
         assert device.depth_camera['fx'] == pytest.approx(366.1)
-        assert device.depth_camera['p2'] == pytest.approx(-0.0007)
+        # The record describes the un-mirrored frames: libfreenect2's p2 (-0.0007) negated.
+        assert device.depth_camera['p2'] == pytest.approx(0.0007)
     Freenect2Kinect.on_depth_frame.disconnect(handler, device)
     calls = lib.SCENARIO.sensors[0].calls
     assert calls[:2] == ['setIrAndDepthFrameListener', 'startStreams(False, True)']
@@ -319,7 +321,7 @@ def test_frames_carry_the_sensor_clock_and_convert_exactly(lib):
         index = frame.sequence - 1000
         assert frame.device_timestamp == index * 266
         assert frame.array.dtype == np.uint16 and frame.shape == (512, 424)
-        expected = depth_to_uint16(sources[index % len(sources)], 500, 4500)
+        expected = depth_to_uint16(sources[index % len(sources)][:, ::-1], 500, 4500)
         assert np.array_equal(frame.array, expected)
         assert abs(time.time() - frame.timestamp) < 10
     step = frames[1].device_timestamp - frames[0].device_timestamp
@@ -366,11 +368,12 @@ def test_served_end_to_end_with_the_sensor_intrinsics(lib):
                 record = client.device_info('S3R14L')
         device.close()
         assert record['depth_camera'] == device.depth_camera
-        # IrCameraParams are C floats: what the client gets is the float32 value.
-        assert record['depth_camera']['cx'] == float(np.float32(258.3))
+        # IrCameraParams are C floats: what the client gets is the float32 value, taken
+        # over to the un-mirrored frames (511 - cx).
+        assert record['depth_camera']['cx'] == 511 - float(np.float32(258.3))
         for frame in received:
             source = sources[(frame.sequence - 1000) % len(sources)]
-            assert np.array_equal(frame.array, depth_to_uint16(source, 0, 65535))
+            assert np.array_equal(frame.array, depth_to_uint16(source[:, ::-1], 0, 65535))
     run_async(main())
 
 
@@ -397,7 +400,7 @@ def test_server_node_with_a_sensor_to_client_node_image_and_intrinsics(monkeypat
     monkeypatch.delenv('DISPLAY', raising=False)
     monkeypatch.delenv('WAYLAND_DISPLAY', raising=False)
     base = np.resize(np.array(VALUES, np.float32), (424, 512))
-    expected = [depth_to_uint16(np.roll(base, k, axis=1), 500, 4500).tobytes()
+    expected = [depth_to_uint16(np.roll(base, k, axis=1)[:, ::-1], 500, 4500).tobytes()
                 for k in range(8)]
     port = ros_helpers.free_port()
     namespace = '/' + ros_helpers.unique('hw')
@@ -422,9 +425,10 @@ def test_server_node_with_a_sensor_to_client_node_image_and_intrinsics(monkeypat
             assert bytes(image.data) in expected
         info = infos[-1]
         assert info.distortion_model == 'plumb_bob'
-        assert list(info.k) == pytest.approx([IR['fx'], 0, IR['cx'], 0, IR['fy'], IR['cy'],
-                                              0, 0, 1])
-        assert list(info.d) == pytest.approx([IR['k1'], IR['k2'], IR['p1'], IR['p2'],
+        # The CameraInfo matches the un-mirrored pixels: libfreenect2's cx and p2 mirrored.
+        assert list(info.k) == pytest.approx([IR['fx'], 0, 511 - IR['cx'], 0, IR['fy'],
+                                              IR['cy'], 0, 0, 1])
+        assert list(info.d) == pytest.approx([IR['k1'], IR['k2'], IR['p1'], -IR['p2'],
                                               IR['k3']])
         # The pipeline asked for is not in this build: the fallback is logged.
         server.wait_for_output("Falling back from pipeline 'opengl' to 'cpu'", 5.0)
@@ -519,7 +523,8 @@ def test_ir_comes_with_the_depth_of_its_capture_and_converts_exactly(lib):
     for ir in frames.ir:
         assert type(ir) is IrFrame and ir.shape == (512, 424)
         index = ir.sequence - 1000
-        assert np.array_equal(ir.array, ir_to_uint16(ir_sources[index % len(ir_sources)]))
+        assert np.array_equal(ir.array,
+                              ir_to_uint16(ir_sources[index % len(ir_sources)][:, ::-1]))
         depth = depth_by_sequence[ir.sequence]
         assert (ir.timestamp_ns, ir.device_timestamp) == (depth.timestamp_ns,
                                                           depth.device_timestamp)
@@ -559,12 +564,54 @@ def test_colour_frames_are_bgrx_with_their_own_stamps(lib, monkeypatch, decoder)
         assert frame.pixels.shape == (1080, 1920, 4) and frame.pixels.dtype == np.uint8
         assert frame.shape == (1920, 1080) and frame.jpeg is None
         source = sources[(frame.sequence - 500) % len(sources)]
-        assert np.array_equal(frame.pixels, source)  # B, G, R, X whatever the decoder
-        assert np.array_equal(frame.array, source[:, :, :3])
+        # B, G, R, X whatever the decoder; un-mirrored
+        assert np.array_equal(frame.pixels, source[:, ::-1])
+        assert np.array_equal(frame.array, source[:, ::-1, :3])
         assert abs(time.time() - frame.timestamp) < 10
     # Device time on the clock of depth, in the same 0.125 ms ticks.
     last_depth = max(f.device_timestamp for f in frames.depth)
     assert 0 < frames.color[-1].device_timestamp <= last_depth + 266
+
+
+@pytest.mark.parametrize('decoder', ['bgrx', 'rgbx'])
+def test_frames_come_un_mirrored_as_kinect2_bridge_publishes_them(lib, monkeypatch, decoder):
+    """libfreenect2's frames are mirrored; depth, IR and colour come flipped horizontally.
+
+    kinect2_bridge flips them (``cv::flip(..., 1)``), and the wire frames, the mock and
+    the recorded captures are in its orientation: a point at libfreenect2's column x is
+    at column ``width - 1 - x`` of the frames the device emits.
+    """
+    monkeypatch.setattr(freenect2_device, 'frame_format', lambda frame: frame._c().format)
+    depth = np.full((424, 512), 1000.0, np.float32)
+    depth[10, 0], depth[11, 511] = 2000.0, 3000.0
+    ir = np.full((424, 512), 100.0, np.float32)
+    ir[20, 1] = 500.0
+    bgrx = np.zeros((1080, 1920, 4), np.uint8)
+    bgrx[30, 2] = (1, 2, 3, 4)
+    fmt = lib.FORMAT_RGBX if decoder == 'rgbx' else lib.FORMAT_BGRX
+    lib.SCENARIO.reset([lib.Sensor('A1', [depth], fps=30, ir_frames=[ir],
+                                   color_frames=[bgrx], color_format=fmt)])
+    device = open_devices(min_depth=500, max_depth=4500)[0]
+    frames = Collector(device)
+    try:
+        with device:
+            frames.wait(lambda: len(frames.color) >= 2 and len(frames.ir) >= 2)
+    finally:
+        frames.close()
+    device.close()
+    for frame in frames.depth:
+        assert (frame.array[10, 511], frame.array[11, 0], frame.array[10, 0]) == (
+            2000, 3000, 1000)
+        assert np.array_equal(frame.array, depth_to_uint16(depth[:, ::-1]))
+        assert frame.array.flags.c_contiguous
+    for frame in frames.ir:
+        assert frame.array[20, 510] == 500 and frame.array[20, 1] == 100
+        assert np.array_equal(frame.array, ir_to_uint16(ir[:, ::-1]))
+        assert frame.array.flags.c_contiguous
+    for frame in frames.color:
+        assert frame.pixels[30, 1917].tolist() == [1, 2, 3, 4]
+        assert np.array_equal(frame.pixels, bgrx[:, ::-1])
+        assert frame.pixels.flags.c_contiguous
 
 
 def test_the_colour_camera_record(lib):
@@ -575,7 +622,8 @@ def test_the_colour_camera_record(lib):
     with device:
         camera = device.color_camera
     assert (camera['width'], camera['height']) == (1920, 1080)
-    assert [camera[k] for k in ('fx', 'fy', 'cx', 'cy')] == [1060.5, 1061.25, 955.75, 540.5]
+    # Intrinsics of the un-mirrored frames (cx to 1919 - cx); mapping terms as read.
+    assert [camera[k] for k in ('fx', 'fy', 'cx', 'cy')] == [1060.5, 1061.25, 963.25, 540.5]
     assert [camera[k] for k in ('k1', 'k2', 'k3', 'p1', 'p2')] == [0.0] * 5
     assert camera['shift_m'] == 52.5 and camera['my_x0y0'] == 0.015625
     assert set(camera) == {'width', 'height', 'fx', 'fy', 'cx', 'cy', 'k1', 'k2', 'k3',

@@ -124,9 +124,10 @@ def test_unread_camera_parameters_are_rejected(real):
     rejected, camera = out.splitlines()
     assert rejected.startswith('REJECTED could not start sensor A1: ')
     assert 'fx = 0' in rejected and 'USB 3' in rejected
+    # Un-mirrored, as the frames: cx taken to 511 - cx (p2 would change sign).
     assert camera == str(sorted({'width': 512, 'height': 424, 'fx': 365.5, 'fy': 365.25,
-                                 'cx': 257.5, 'cy': 205.0, 'k1': 0.0, 'k2': 0.0, 'k3': 0.0,
-                                 'p1': 0.0, 'p2': 0.0}.items()))
+                                 'cx': 253.5, 'cy': 205.0, 'k1': 0.0, 'k2': 0.0, 'k3': 0.0,
+                                 'p1': 0.0, 'p2': -0.0}.items()))
 
 
 def test_unread_colour_camera_parameters_are_rejected(real):
@@ -140,7 +141,7 @@ def test_unread_colour_camera_parameters_are_rejected(real):
             read_color_camera(params, 'A1')
         except Freenect2Unavailable as err:
             print_out('REJECTED', err)
-        params.fx, params.fy, params.cx, params.cy = 1081.5, 1081.25, 959.5, 539.5
+        params.fx, params.fy, params.cx, params.cy = 1081.5, 1081.25, 955.5, 539.5
         for k, name in enumerate(COLOR_MAPPING_KEYS):
             setattr(params, name, k + 0.5)
         print_out(sorted(read_color_camera(params, 'A1').items()))
@@ -148,8 +149,9 @@ def test_unread_colour_camera_parameters_are_rejected(real):
     rejected, camera = out.splitlines()
     assert rejected.startswith('REJECTED could not start sensor A1: its colour camera ')
     assert 'fx = 0' in rejected
-    expected = {'width': 1920, 'height': 1080, 'fx': 1081.5, 'fy': 1081.25, 'cx': 959.5,
-                'cy': 539.5, 'k1': 0.0, 'k2': 0.0, 'k3': 0.0, 'p1': 0.0, 'p2': 0.0}
+    # Intrinsics un-mirrored (cx to 1919 - cx); the mapping terms libfreenect2's own.
+    expected = {'width': 1920, 'height': 1080, 'fx': 1081.5, 'fy': 1081.25, 'cx': 963.5,
+                'cy': 539.5, 'k1': 0.0, 'k2': 0.0, 'k3': 0.0, 'p1': 0.0, 'p2': -0.0}
     expected.update((name, k + 0.5) for k, name in enumerate(COLOR_MAPPING_KEYS))
     assert camera == str(sorted(expected.items()))
 
@@ -177,12 +179,17 @@ def test_the_colour_format_is_read_from_the_real_frame(real):
         print_out(fd.frame_format(frame))
         pixels = frame.asarray(np.uint8)
         pixels[...] = (30, 20, 10, 255)  # R, G, B, X
-        print_out(fd.color_to_bgrx(frame)[3, 4].tolist())
+        pixels[3, 4] = (31, 21, 11, 254)  # un-mirrored: at column 1919 - 4
+        bgrx = fd.color_to_bgrx(frame)
+        print_out(bgrx[3, 4].tolist(), bgrx[3, 1915].tolist(), bgrx.flags.c_contiguous)
         header.format = fd.FORMAT_BGRX
-        print_out(fd.frame_format(frame), fd.color_to_bgrx(frame)[3, 4].tolist())
+        bgrx = fd.color_to_bgrx(frame)
+        print_out(fd.frame_format(frame), bgrx[3, 4].tolist(), bgrx[3, 1915].tolist(),
+                  bgrx.flags.c_contiguous)
     """), 'frame_format')
-    assert out.splitlines() == ['0', 'None', 'None', '5', '[10, 20, 30, 255]',
-                                '4 [30, 20, 10, 255]']
+    assert out.splitlines() == ['0', 'None', 'None', '5',
+                                '[10, 20, 30, 255] [11, 21, 31, 254] True',
+                                '4 [30, 20, 10, 255] [31, 21, 11, 254] True']
 
 
 def test_the_backend_without_a_sensor_names_the_cause(real):

@@ -440,6 +440,8 @@ def _default_pipeline():
 class Sensor(object):
     """A scripted Kinect v2 on the (imaginary) USB bus.
 
+    Every image (*frames*, *ir_frames*, *color_frames*) is given, and delivered, as
+    libfreenect2 hands it out: mirrored (the backend flips it; kinect2_bridge does too).
     *frames* is a list of (424, 512) float32 arrays delivered in turn (cycled) at *fps*,
     each with an IR frame before it (as libfreenect2's depth processors do), timestamps
     in 0.125 ms ticks (*timestamp_step* a frame; by default 8000 / *fps* rounded down:
