@@ -295,6 +295,8 @@ class MockKinect(DeviceLifetime):
         #: The IR (depth) camera to colour camera transform: rotation and translation.
         self.ir_to_color: Dict[str, Any] = {
             key: list(value) for key, value in MOCK_CALIBRATION['ir_to_color'].items()}
+        #: Millimetres to add to every depth of this sensor (iai_kinect2's ``depthShift``).
+        self.depth_shift_mm: float = float(MOCK_CALIBRATION['depth_shift_mm'])
 
     @classmethod
     def from_recording(cls, recording: Union[str, Recording], **kwargs: Any) -> 'MockKinect':

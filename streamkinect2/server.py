@@ -2,6 +2,7 @@
 import collections
 import ipaddress
 import logging
+import math
 import numbers
 import os
 import socket
@@ -1021,6 +1022,9 @@ class Server(object):
                 value = getattr(device.kinect, key, None)
                 if value:
                     record[key] = dict(value)
+            shift = getattr(device.kinect, 'depth_shift_mm', None)
+            if isinstance(shift, (int, float)) and math.isfinite(shift):
+                record['depth_shift_mm'] = float(shift)
             devices.append(record)
         control = self.endpoints.get(EndpointType.control)
         if control is not None:

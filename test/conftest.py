@@ -1,6 +1,7 @@
 """Shared test helpers: every socket on loopback, every wait with a deadline."""
 import asyncio
 import importlib
+import logging
 import os
 import sys
 import threading
@@ -14,6 +15,12 @@ os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 os.environ.setdefault('ROS_DOMAIN_ID', str(1 + os.getpid() % 100))
 
 LOOPBACK = '127.0.0.1'
+
+# launch (its pytest plugin, launch_testing, loads it before any test module) makes every
+# logger created afterwards a LaunchLogger that does not propagate: the library's loggers,
+# created as the test modules import it, would then never reach pytest's caplog. Loggers
+# of plain Python, as in any program that does not import launch.
+logging.setLoggerClass(logging.Logger)
 
 #: The stand-in pylibfreenect2 (test/standin): what needs a sensor (frames, unplugging).
 STANDIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'standin')

@@ -194,6 +194,7 @@ def test_a_mock_offers_every_stream_and_the_real_sensors_calibration():
     assert kinect.depth_camera == MOCK_CALIBRATION['depth_camera']
     assert kinect.color_camera == MOCK_CALIBRATION['color_camera']
     assert kinect.ir_to_color == MOCK_CALIBRATION['ir_to_color']
+    assert kinect.depth_shift_mm == MOCK_CALIBRATION['depth_shift_mm'] > 0
     kinect.depth_camera['fx'] = 1.0  # a copy: the table stays as it is
     assert MOCK_CALIBRATION['depth_camera']['fx'] > 300
     assert MockKinect(streams=['color', 'depth']).streams == ('depth', 'color')

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from streamkinect2.client import Client
 from streamkinect2.common import EndpointType
+from streamkinect2.device import MOCK_CALIBRATION
 from streamkinect2.mock import MockKinect
 from streamkinect2.server import Server
 from tornado.ioloop import IOLoop
@@ -228,7 +229,8 @@ def test_malformed_control_messages_get_an_error_and_the_server_serves_on(frames
                     stream: server.device_endpoint(kinect_id, stream)
                     for stream in ('depth', 'ir', 'color')},
                     'streams': ['depth', 'ir', 'color'], 'depth_camera': kinect.depth_camera,
-                    'color_camera': kinect.color_camera, 'ir_to_color': kinect.ir_to_color}]
+                    'color_camera': kinect.color_camera, 'ir_to_color': kinect.ir_to_color,
+                    'depth_shift_mm': MOCK_CALIBRATION['depth_shift_mm']}]
                 # Depth first: a 2014-style client takes the first endpoint it knows.
                 assert list(me['devices'][0]['endpoints'])[0] == 'depth'
                 assert set(kinect.depth_camera) >= {'fx', 'fy', 'cx', 'cy', 'k1', 'k2', 'k3',
