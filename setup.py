@@ -19,6 +19,7 @@ ROS_WHEELS = [
     'ros-std-msgs',
     'ros-builtin-interfaces',
     'ros-diagnostic-msgs',
+    'ros-geometry-msgs',
 ]
 
 setup(
@@ -45,6 +46,8 @@ setup(
         # (chosen by measurement: bench/bench_streams.py).
         'simplejpeg>=1.9',
         'Pillow>=7',
+        # Registration, undistortion and point clouds on the receiving machine.
+        'opencv-python-headless>=4.5',
     ],
     extras_require={
         'ros': ROS_WHEELS,

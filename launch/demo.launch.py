@@ -3,6 +3,7 @@
     ros2 launch streamkinect2_ros demo.launch.py
     ros2 launch streamkinect2_ros demo.launch.py mock_count:=2 mock_fps:=15.0
     ros2 launch streamkinect2_ros demo.launch.py streams:='[depth, color]' color_resolution:=qhd
+    ros2 launch streamkinect2_ros demo.launch.py kinect2_layout:=true   # + /kinect2/{sd,qhd,hd}
 
 The server announces itself on the loopback interface only (``address:=127.0.0.1``) as
 ``server_name``, and the client discovers it there by that name. Images appear on
@@ -20,7 +21,8 @@ from streamkinect2_ros import client_node, launching, server_node
 SHARED_ARGUMENTS = ('streams',)
 SERVER_ARGUMENTS = ('color_quality', 'color_resolution', 'mock_count', 'mock_fps',
                     'mock_ids')
-CLIENT_ARGUMENTS = ('frame_id', 'color_frame_id', 'stamp_source')
+CLIENT_ARGUMENTS = ('frame_id', 'color_frame_id', 'stamp_source', 'kinect2_layout',
+                    'base_name', 'publish_tf')
 
 
 def launch_setup(context):

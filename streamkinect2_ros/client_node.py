@@ -23,6 +23,11 @@ retrying the fixed endpoint). Frame rate, drops and latency per stream are logge
 ``log_period`` and published as ``diagnostic_msgs`` on ``/diagnostics``. ``frame_id``,
 ``color_frame_id`` and ``stamp_source`` can be changed while running.
 
+With ``kinect2_layout`` the node also publishes iai_kinect2's topics (``<base_name>/sd``,
+``qhd``, ``hd``: registered depth and colour, point clouds, static TF), computed here
+while subscribed: :py:mod:`.kinect2_layout`. ``calib_path`` and ``camera_info_url`` give
+calibration files for registration and for every CameraInfo.
+
 The streamkinect2 client runs on a tornado IOLoop thread, which also publishes the
 Images; the rclpy executor keeps the main thread (parameters, timers).
 """
@@ -38,10 +43,12 @@ from streamkinect2.client import STATS_WINDOW
 from streamkinect2.connection import ServerConnection
 from streamkinect2.device import STREAMS
 from streamkinect2.security import CurveClientConfig
+from tornado.ioloop import PeriodicCallback
 
 from .conversions import (camera_info_fields, DEFAULT_COLOR_INTRINSICS,
                           DEFAULT_DEPTH_INTRINSICS, fill_camera_info, fill_compressed_image,
                           fill_image, frame_id_for, intrinsics_problems, sanitise_name)
+from .kinect2_layout import CalibrationSources, Kinect2Layout, LAYOUT_PARAMETERS
 from .params import declare_all, ParamSpec
 from .rosutil import LoopNode, run_node
 
@@ -94,7 +101,9 @@ PARAMETERS = (
               '(made by streamkinect2-keygen); empty: security off', True),
     ParamSpec('curve_server_key', '', "CURVE security: the server's public key (40 Z85 "
               'characters) or its .key file', True),
-)
+) + LAYOUT_PARAMETERS
+#: Seconds between two checks of the kinect2 layout's subscribers (streams it needs).
+_LAYOUT_POLL = 0.2
 
 
 def offered_streams(record):
@@ -147,6 +156,7 @@ class _Device(object):
         self.streams = {}          # stream name -> _Stream, those published
         self.record = None
         self.streaming = False
+        self.enabled = set()       # streams enabled on the current client
 
 
 class ClientNode(LoopNode):
@@ -175,10 +185,17 @@ class ClientNode(LoopNode):
         self.color_frame_id = params['color_frame_id']
         self.stamp_source = params['stamp_source']
         self._wanted = set(params['devices'])
+        # The user's calibration files, read now: a bad one stops the node here.
+        self._calibrations = CalibrationSources(params['calib_path'],
+                                                params['camera_info_url'])
         self._streams = tuple(stream for stream in STREAMS if stream in params['streams'])
         self.qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=params['qos_depth'],
                               reliability=RELIABILITIES[params['qos_reliability']],
                               durability=DurabilityPolicy.VOLATILE)
+        self._layout = None
+        self._layout_poll = None
+        if params['kinect2_layout']:
+            self._layout = Kinect2Layout(self, params, self._calibrations, self.qos)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._diag_pub = None
         if params['diagnostics_period'] > 0:
@@ -266,6 +283,9 @@ class ClientNode(LoopNode):
                 else 'the first server', ' on ' + params['discovery_address']
                 if params['discovery_address'] else ''))
         connection.start()
+        if self._layout is not None:
+            self._layout_poll = PeriodicCallback(self._refresh_streams, _LAYOUT_POLL * 1e3)
+            self._layout_poll.start()
 
     def _on_connect(self, connection):
         self.get_logger().info('Connected to server {0!r} at {1}'.format(
@@ -319,6 +339,14 @@ class ClientNode(LoopNode):
         if not device.streams:
             self._remove_device(kinect_id)
             return
+        device.enabled = set(device.streams)
+        if self._layout is not None:
+            try:
+                self._layout.add_device(kinect_id, record, 'color' in offered_streams(record))
+            except Exception as err:  # the device's own topics are published all the same
+                self.get_logger().error('Not publishing the kinect2 layout of device {0}: '
+                                        '{1}: {2}'.format(kinect_id, type(err).__name__, err))
+            self._refresh_device_streams(device)
         device.streaming = True
         self.get_logger().info('Publishing device {0} under {1}: {2}'.format(
             kinect_id, self.resolve_topic_name(device.name), ', '.join(device.streams)))
@@ -366,6 +394,8 @@ class ClientNode(LoopNode):
         """Forget a device and release the publishers of all its streams."""
         with self._lock:
             device = self._devices.pop(kinect_id, None)
+        if self._layout is not None:
+            self._layout.remove_device(kinect_id)
         if device is not None:
             for published in device.streams.values():
                 for pub in published.publishers:
@@ -392,10 +422,45 @@ class ClientNode(LoopNode):
     def _on_color_frame(self, connection, color_frame, kinect_id):
         self._on_frame(kinect_id, 'color', color_frame)
 
+    def _refresh_streams(self):
+        """Enable the streams the kinect2 layout's subscribers need, drop the others."""
+        for device in list(self._devices.values()):
+            if device.streaming:
+                self._refresh_device_streams(device)
+
+    def _refresh_device_streams(self, device):
+        """Receive the device's own streams and those its layout topics need now."""
+        needed = set(device.streams) | self._layout.needed_streams(device.kinect_id)
+        for stream in offered_streams(device.record):
+            if (stream in needed) == (stream in device.enabled):
+                continue
+            action = 'enable' if stream in needed else 'disable'
+            try:
+                getattr(self._connection, '{0}_{1}_frames'.format(action, stream))(
+                    device.kinect_id)
+            except ValueError as err:  # not connected (any more): on_add_kinect redoes it
+                self.get_logger().debug('Could not {0} {1} of {2}: {3}'.format(
+                    action, stream, device.kinect_id, err))
+                continue
+            (device.enabled.add if stream in needed else device.enabled.discard)(stream)
+
+    def _stamp_ns(self, frame):
+        """Return the header stamp of *frame*'s messages (``stamp_source``)."""
+        return frame.timestamp_ns if self.stamp_source == 'capture' else time.time_ns()
+
     def _on_frame(self, kinect_id, stream, frame):
         device = self._devices.get(kinect_id)
         if device is None or not device.streaming:
             return
+        if self._layout is not None:
+            try:
+                self._layout.on_frame(kinect_id, stream, frame, self._stamp_ns(frame))
+            except Exception as err:
+                if not self.context.ok():
+                    return
+                self.get_logger().error('kinect2 layout: could not take a {0} frame of {1}: '
+                                        '{2}: {3}'.format(stream, kinect_id,
+                                                          type(err).__name__, err))
         published = device.streams.get(stream)
         if published is None:
             return
@@ -410,6 +475,11 @@ class ClientNode(LoopNode):
         """Return the CameraInfo fields of *published* for a *width* x *height* image."""
         fields = published.camera_fields
         if fields is not None and fields['width'] == width and fields['height'] == height:
+            return fields
+        fields = self._calibrations.camera_fields(device.kinect_id, published.stream, width,
+                                                  height)
+        if fields is not None:  # the user's calibration (calib_path, camera_info_url)
+            published.camera_fields = fields
             return fields
         key, defaults, _ = _CAMERAS[published.stream]
         intrinsics = (device.record or {}).get(key)
@@ -426,7 +496,7 @@ class ClientNode(LoopNode):
     def _publish(self, device, published, frame):
         """Publish *frame* of one stream of *device* on that stream's topics."""
         frame_id = frame_id_for(getattr(self, _CAMERAS[published.stream][2]), device.name)
-        stamp_ns = frame.timestamp_ns if self.stamp_source == 'capture' else time.time_ns()
+        stamp_ns = self._stamp_ns(frame)
         width, height = frame.shape
         info = fill_camera_info(CameraInfo(), self._camera_fields(device, published, width,
                                                                   height), frame_id, stamp_ns)
@@ -513,8 +583,16 @@ class ClientNode(LoopNode):
                 'publish_failing': bool(failing),
                 'last_error': failing[0]['last_error'] if failing else None,
                 'streams': figures,
+                'kinect2': self._layout_figures(device),
             }
         return result
+
+    def _layout_figures(self, device):
+        """Return the kinect2 layout's figures of *device* and the streams received."""
+        figures = self._layout.figures(device.kinect_id) if self._layout is not None else None
+        if figures is not None:
+            figures['receiving'] = ','.join(s for s in STREAMS if s in device.enabled)
+        return figures
 
     @property
     def connected_server(self):
@@ -536,6 +614,14 @@ class ClientNode(LoopNode):
                         kinect_id, stream, fig['rate'], fig['latency_p50_ms'],
                         fig['latency_p99_ms'], fig['published'], fig['dropped'],
                         fig['invalid'], ', STALLED' if fig['stalled'] else ''))
+            layout = device['kinect2']
+            if layout is not None:
+                self.get_logger().info(
+                    '{0} kinect2 layout under {1}: {2} captures worked on, {3} skipped (worker '
+                    'busy), {4} colour frames without their depth, {5} failed; receiving '
+                    '{6}'.format(kinect_id, layout['base'], layout['jobs'], layout['skipped'],
+                                 layout['unmatched_color'], layout['failures'],
+                                 layout['receiving']))
 
     @staticmethod
     def _device_level(device, connected):
@@ -591,6 +677,10 @@ class ClientNode(LoopNode):
             status.level, status.message = self._device_level(device, server is not None)
             status.values = [value for stream, fig in device['streams'].items()
                              for value in self._stream_values(stream, fig)]
+            if device['kinect2'] is not None:  # the layout's work: kinect2_<figure>
+                status.values += [KeyValue(key='kinect2_' + key.replace('/', '_'),
+                                           value=str(value))
+                                  for key, value in device['kinect2'].items()]
             msg.status.append(status)
         self._diag_pub.publish(msg)
 
@@ -606,6 +696,11 @@ class ClientNode(LoopNode):
         with self._lock:
             for device in self._devices.values():
                 device.streaming = False
+        if self._layout_poll is not None:
+            self._layout_poll.stop()
+            self._layout_poll = None
+        if self._layout is not None:
+            self._layout.close()  # the workers stop before the publishers go
 
 
 def main(args=None):

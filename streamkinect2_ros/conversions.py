@@ -7,20 +7,21 @@ stamp that does not fit ``builtin_interfaces/Time`` raises ValueError.
 """
 import array
 import hashlib
-import math
-import numbers
 import re
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
+import numpy as np
 import numpy.typing as npt
+from streamkinect2.calibration import intrinsics_problems, intrinsics_values
 from streamkinect2.device import (INTRINSIC_KEYS, KINECT2_DEFAULT_DEPTH_CAMERA,
                                   MOCK_CALIBRATION)
 
 __all__ = [
     'COMPRESSED_BGR8_JPEG_FORMAT', 'DEFAULT_COLOR_INTRINSICS', 'DEFAULT_DEPTH_INTRINSICS',
     'INTRINSIC_KEYS', 'MAX_NAME_LENGTH', 'MAX_STAMP_NS', 'camera_info_fields',
-    'fill_camera_info', 'fill_compressed_image', 'fill_image', 'frame_id_for',
+    'fill_camera_info', 'fill_compressed_image', 'fill_image', 'fill_point_cloud',
+    'frame_id_for',
     'intrinsics_problems', 'is_bigendian', 'sanitise_name', 'stamp_from_ns',
 ]
 
@@ -155,113 +156,11 @@ def fill_compressed_image(msg: Any, jpeg: Any, frame_id: str, stamp_ns: int) -> 
     return msg
 
 
-#: Focal lengths accepted, in pixels, as a multiple of the image side along the same
-#: axis: from 1/100 (a field of view of almost 180 degrees) to 100 (about 0.6 degrees).
-_FOCAL_PER_SIDE = (0.01, 100.0)
-#: Largest magnitude accepted for a distortion coefficient (real lenses: well under 10).
-_MAX_DISTORTION = 100.0
-_CORE_KEYS = ('fx', 'fy', 'cx', 'cy')
-_DISTORTION_KEYS = tuple(key for key in INTRINSIC_KEYS if key not in _CORE_KEYS)
-
-
-def _finite(value: object) -> Optional[float]:
-    """Return *value* as a finite float, or None if it is not a finite real number."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    try:
-        value = float(value)
-    except (OverflowError, ValueError, TypeError):  # a 400-digit int, an odd Real
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _describe(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + '...'
-
-
-def _camera(record: object, width: int, height: int,
-            defaults: Dict[str, Any]) -> Tuple[Optional[Dict[str, float]], List[str]]:
-    """Return ``(values, problems)``: the usable intrinsics of *record* for the image.
-
-    Distortion coefficients *record* leaves out are those of *defaults*.
-    """
-    if not isinstance(record, dict):
-        return None, ['record: a camera record must be a JSON object, got {0}'.format(
-            _describe(record))]
-    problems = []
-    scale = {}
-    for size_key, size in (('width', width), ('height', height)):
-        given = record.get(size_key, size)
-        given_float = _finite(given)
-        if given_float is None or given_float != int(given_float) or given_float < 1:
-            problems.append('{0}: {1} is not a positive whole number of pixels'.format(
-                size_key, _describe(given)))
-        else:
-            scale[size_key] = size / given_float
-    values = {}
-    for key in _CORE_KEYS:
-        value = _finite(record.get(key))
-        if key not in record:
-            problems.append('{0}: missing'.format(key))
-        elif value is None:
-            problems.append('{0}: {1} is not a finite number'.format(key, _describe(record[key])))
-        else:
-            values[key] = value
-    for key in _DISTORTION_KEYS:
-        value = _finite(record.get(key, defaults[key]))
-        if value is None or abs(value) > _MAX_DISTORTION:
-            problems.append('{0}: {1} is not a distortion coefficient (finite, at most {2} '
-                            'in magnitude)'.format(key, _describe(record[key]),
-                                                   _MAX_DISTORTION))
-        else:
-            values[key] = value
-    if problems:
-        return None, problems
-    # A record for another image size (a scaled image) is scaled to this one.
-    values['fx'] *= scale['width']
-    values['cx'] *= scale['width']
-    values['fy'] *= scale['height']
-    values['cy'] *= scale['height']
-    low, high = _FOCAL_PER_SIDE
-    for key, size in (('fx', width), ('fy', height)):
-        if not low * size <= values[key] <= high * size:
-            problems.append('{0}: {1} px is not a focal length for a {2}x{3} image ({4:g} '
-                            'to {5:g} px)'.format(key, _describe(values[key]), width,
-                                                  height, low * size, high * size))
-    for key, size in (('cx', width), ('cy', height)):
-        if not 0.0 <= values[key] <= size:
-            problems.append('{0}: {1} px is not a principal point inside a {2}x{3} '
-                            'image'.format(key, _describe(values[key]), width, height))
-    return (None if problems else values), problems
-
-
 def _image_size(width: int, height: int) -> Tuple[int, int]:
     width, height = int(width), int(height)
     if width < 1 or height < 1:
         raise ValueError('image size {0}x{1} is empty'.format(width, height))
     return width, height
-
-
-def intrinsics_problems(intrinsics: object, width: int, height: int,
-                        defaults: Dict[str, Any] = DEFAULT_DEPTH_INTRINSICS) -> List[str]:
-    """Return why *intrinsics* are not used for a *width* x *height* image: a list of str.
-
-    Empty when :py:func:`camera_info_fields` uses the record (None, asking for the
-    defaults, is no problem). Otherwise one line per fault, each starting with the key
-    at fault (``'fx: inf is not a finite number'``); the caller can log them once.
-
-    A record is a usable camera when fx, fy, cx and cy are finite numbers (not bools,
-    not strings), the distortion coefficients present are finite and at most 100 in
-    magnitude, ``width``/``height`` (if present) are positive whole numbers, and, after
-    scaling to the image size, fx and fy lie between 1/100 and 100 times the image side
-    along their axis and the principal point (cx, cy) lies inside the image.
-    *defaults* as for :py:func:`camera_info_fields`.
-    """
-    width, height = _image_size(width, height)
-    if intrinsics is None:
-        return []
-    return _camera(intrinsics, width, height, defaults)[1]
 
 
 def camera_info_fields(width: int, height: int, intrinsics: object = None,
@@ -285,9 +184,9 @@ def camera_info_fields(width: int, height: int, intrinsics: object = None,
     width, height = _image_size(width, height)
     values = None
     if intrinsics is not None:
-        values = _camera(intrinsics, width, height, defaults)[0]
+        values = intrinsics_values(intrinsics, width, height, defaults)[0]
     if values is None:
-        values, problems = _camera(defaults, width, height, defaults)
+        values, problems = intrinsics_values(defaults, width, height, defaults)
         assert values is not None, problems  # the defaults fit any size, scaled
     fx, fy, cx, cy = values['fx'], values['fy'], values['cx'], values['cy']
     return {
@@ -312,4 +211,49 @@ def fill_camera_info(msg: Any, fields: Dict[str, Any], frame_id: str, stamp_ns: 
     msg.k = fields['k']
     msg.r = fields['r']
     msg.p = fields['p']
+    return msg
+
+
+#: ``sensor_msgs/PointField`` datatypes by numpy type: INT8 1, UINT8 2, INT16 3, UINT16 4,
+#: INT32 5, UINT32 6, FLOAT32 7, FLOAT64 8.
+_POINT_FIELD_TYPES = {'i1': 1, 'u1': 2, 'i2': 3, 'u2': 4, 'i4': 5, 'u4': 6, 'f4': 7, 'f8': 8}
+
+
+def fill_point_cloud(msg: Any, points: npt.NDArray[Any], frame_id: str,
+                     stamp_ns: int) -> Any:
+    """Fill the ``sensor_msgs/PointCloud2`` *msg* from a 2-D structured array *points*.
+
+    An organised cloud: ``height`` x ``width`` is the array's shape (one point per
+    pixel), one ``PointField`` per named field (name, byte offset, datatype, count 1),
+    ``point_step`` the item size (16 for x, y, z, rgb float32), ``row_step`` its width
+    times that; ``is_dense`` False (pixels without depth are NaN points). The bytes are
+    copied once, with no Python-level loop.
+    """
+    from sensor_msgs.msg import PointField
+
+    if points.ndim != 2 or points.dtype.names is None:
+        raise ValueError('expected a 2-D structured array, got {0} {1}'.format(
+            points.dtype, points.shape))
+    fields = []
+    for name in points.dtype.names:
+        kind, offset = points.dtype.fields[name][:2]
+        code = '{0}{1}'.format(kind.kind, kind.itemsize)
+        if code not in _POINT_FIELD_TYPES or kind.shape:
+            raise ValueError('field {0}: {1} has no PointField datatype'.format(name, kind))
+        fields.append(PointField(name=name, offset=offset,
+                                 datatype=_POINT_FIELD_TYPES[code], count=1))
+    if not points.flags.c_contiguous:
+        points = np.ascontiguousarray(points)
+    stamp_from_ns(msg.header.stamp, stamp_ns)
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = points.shape
+    msg.fields = fields
+    msg.is_bigendian = any(is_bigendian(points[name]) for name in points.dtype.names
+                           if points.dtype.fields[name][0].itemsize > 1)
+    msg.point_step = points.dtype.itemsize
+    msg.row_step = points.dtype.itemsize * points.shape[1]
+    msg.is_dense = False
+    data = array.array('B')
+    data.frombytes(points.view(np.uint8).data if points.size else b'')
+    msg.data = data
     return msg
