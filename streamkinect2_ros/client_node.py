@@ -6,6 +6,8 @@ Zeroconf by ``server_name`` (the first seen if empty), enables the streams chose
 (or those in ``devices``) and publishes each device under its own namespace::
 
     <ns>/<device>/depth/image_raw               sensor_msgs/Image, 16UC1, millimetres
+    <ns>/<device>/depth/image_raw/compressedDepth
+                                                sensor_msgs/CompressedImage, lossless
     <ns>/<device>/depth/camera_info             sensor_msgs/CameraInfo
     <ns>/<device>/ir/image_raw                  sensor_msgs/Image, 16UC1, amplitude
     <ns>/<device>/ir/camera_info                sensor_msgs/CameraInfo (the depth camera's)
@@ -14,7 +16,9 @@ Zeroconf by ``server_name`` (the first seen if empty), enables the streams chose
     <ns>/<device>/color/camera_info             sensor_msgs/CameraInfo
 
 where ``<device>`` is the device id made a valid ROS name (:py:func:`sanitise_name`).
-Colour travels as JPEG: the node forwards the received bytes to ``compressed`` as they
+Depth is also published, only while subscribed, in image_transport's ``compressedDepth``
+format (PNG or RVL, lossless: :py:mod:`.compressed_depth`), the topic ``ros2 bag record``
+stores at about a third of the raw size. Colour travels as JPEG: the node forwards the received bytes to ``compressed`` as they
 are, and decodes them for ``image_raw`` only while that topic has a subscriber. Every
 message of one capture carries its capture stamp (a colour frame paired with a depth
 capture by the server carries that capture's). When the server goes away the node logs
@@ -45,6 +49,7 @@ from streamkinect2.device import STREAMS
 from streamkinect2.security import CurveClientConfig
 from tornado.ioloop import PeriodicCallback
 
+from .compressed_depth import CODECS, fill_compressed_depth_image, TRANSPORT
 from .conversions import (camera_info_fields, DEFAULT_COLOR_INTRINSICS,
                           DEFAULT_DEPTH_INTRINSICS, fill_camera_info, fill_compressed_image,
                           fill_image, frame_id_for, intrinsics_problems, sanitise_name)
@@ -85,6 +90,12 @@ PARAMETERS = (
     ParamSpec('stamp_source', 'capture', 'Header stamp: "capture" (host capture time '
               'carried by the frame) or "receive" (time the client received it). Can be '
               'changed at runtime', False),
+    ParamSpec('compressed_depth_format', 'png', 'Codec of depth/image_raw/compressedDepth '
+              '(image_transport compressed_depth): png (every distribution decodes it) or '
+              'rvl (smaller and cheaper; jazzy and later decode it)', True),
+    ParamSpec('compressed_depth_png_level', -1, 'zlib level 0-9 of the compressedDepth PNG '
+              "(as the plugin's png_level); -1: Huffman-only with the Paeth filter, about "
+              'as small as level 6 for less than the cost of level 1', True, (-1, 9)),
     ParamSpec('qos_reliability', 'best_effort', 'Publisher reliability: best_effort (as '
               'the sensor-data profile) or reliable', True),
     ParamSpec('qos_depth', 5, 'Publisher history depth (keep last)', True, (1, 1000)),
@@ -128,6 +139,11 @@ class _Stream(object):
         self.info_pub = node.create_publisher(
             CameraInfo, '{0}/{1}/camera_info'.format(name, stream), node.qos)
         self.compressed_pub = None
+        self.compressed_depth_pub = None
+        if stream == 'depth':  # lossless, for bags: only encoded while subscribed
+            self.compressed_depth_pub = node.create_publisher(
+                CompressedImage, '{0}/{1}/image_raw/{2}'.format(name, stream, TRANSPORT),
+                node.qos)
         if stream == 'color':
             self.compressed_pub = node.create_publisher(
                 CompressedImage, '{0}/{1}/image_raw/compressed'.format(name, stream),
@@ -135,6 +151,7 @@ class _Stream(object):
         self.camera_fields = None
         self.published = 0         # frames published (any of the stream's topics)
         self.decoded = 0           # colour frames decoded for image_raw
+        self.encoded = 0           # depth frames encoded for compressedDepth
         self.publish_failures = 0
         self.failed_at = None      # monotonic time of the last publishing failure
         self.last_error = None
@@ -143,8 +160,8 @@ class _Stream(object):
     @property
     def publishers(self):
         """Return the publishers of the stream."""
-        return [pub for pub in (self.image_pub, self.info_pub, self.compressed_pub)
-                if pub is not None]
+        return [pub for pub in (self.image_pub, self.info_pub, self.compressed_pub,
+                                self.compressed_depth_pub) if pub is not None]
 
 
 class _Device(object):
@@ -184,6 +201,9 @@ class ClientNode(LoopNode):
         self.frame_id = params['frame_id']
         self.color_frame_id = params['color_frame_id']
         self.stamp_source = params['stamp_source']
+        self.compressed_depth_format = params['compressed_depth_format']
+        level = params['compressed_depth_png_level']
+        self.compressed_depth_png_level = None if level < 0 else level
         self._wanted = set(params['devices'])
         # The user's calibration files, read now: a bad one stops the node here.
         self._calibrations = CalibrationSources(params['calib_path'],
@@ -224,6 +244,9 @@ class ClientNode(LoopNode):
         if unknown:
             problems.append('streams: {0} not among {1}'.format(
                 ', '.join(repr(stream) for stream in unknown), ', '.join(STREAMS)))
+        if params['compressed_depth_format'] not in CODECS:
+            problems.append('compressed_depth_format must be one of {0}'.format(
+                sorted(CODECS)))
         if params['qos_reliability'] not in RELIABILITIES:
             problems.append('qos_reliability must be one of {0}'.format(
                 sorted(RELIABILITIES)))
@@ -504,6 +527,12 @@ class ClientNode(LoopNode):
             published.image_pub.publish(fill_image(Image(), frame.array, frame_id, stamp_ns))
             published.info_pub.publish(info)
             published.published += 1
+            pub = published.compressed_depth_pub
+            if pub is not None and pub.get_subscription_count() > 0:
+                pub.publish(fill_compressed_depth_image(
+                    CompressedImage, frame.array, frame_id, stamp_ns,
+                    self.compressed_depth_format, self.compressed_depth_png_level))
+                published.encoded += 1
             return
         if frame.jpeg is not None:  # the wire bytes, as they are
             published.compressed_pub.publish(fill_compressed_image(
@@ -571,6 +600,7 @@ class ClientNode(LoopNode):
                     'dropped': stats.dropped if stats is not None else 0,
                     'published': published.published,
                     'decoded': published.decoded,
+                    'encoded': published.encoded,
                     'publish_failing': published.failed_at is not None
                     and now - published.failed_at <= period,
                     'last_error': published.last_error,
@@ -653,6 +683,8 @@ class ClientNode(LoopNode):
         ]
         if stream == 'color':
             values.append(('decoded', str(fig['decoded'])))
+        if stream == 'depth':  # frames encoded for compressedDepth
+            values.append(('compressed_depth', str(fig['encoded'])))
         return [KeyValue(key=prefix + key, value=value) for key, value in values]
 
     def _publish_diagnostics(self):

@@ -378,10 +378,46 @@ def test_streams_parameter_depth_only():
         device_topics = {t for t in ros_helpers.published_topics(sub, namespace)
                          if t.startswith(namespace + '/')}
         assert device_topics == {topics.base + 'depth/image_raw',
+                                 topics.base + 'depth/image_raw/compressedDepth',
                                  topics.base + 'depth/camera_info'}
         # Only the depth socket was ever subscribed to: IR and colour never travelled.
         assert fake.subscribed == {'depth'}
         assert not any(topics.got[key] for key in ('ir', 'compressed', 'color_info'))
+        assert 'Traceback' not in client.output(), client.output()
+
+
+@pytest.mark.parametrize('codec', ['png', 'rvl'])
+def test_compressed_depth_is_lossless_in_image_transports_format_while_subscribed(codec):
+    # Decoded with a decoder written from image_transport_plugins' source (not the
+    # encoder's inverse): byte for byte the depth Image of the same capture.
+    spec = pytest.importorskip('compressed_depth_spec')
+    device = ros_helpers.unique('rgbd_')
+    namespace = '/' + ros_helpers.unique('t')
+    with StreamServer(device, streams=('depth',)) as fake, \
+            ros_helpers.TestSubscriber() as sub, \
+            start_client(namespace, server_endpoint=fake.endpoint, streams='[depth]',
+                         compressed_depth_format=codec) as client:
+        topics = Topics(sub, namespace, device)
+        sub.spin_until(lambda: topics.have(3, 'depth') and topics.diagnostics, 30.0,
+                       'depth and diagnostics')
+        assert topics.diagnostics['compressed_depth'] == '0'  # nobody subscribed
+        compressed = []
+        sub.node.create_subscription(CompressedImage,
+                                     topics.base + 'depth/image_raw/compressedDepth',
+                                     compressed.append, qos_profile_sensor_data)
+        sub.spin_until(lambda: len(compressed) >= 3, 30.0, 'compressedDepth messages')
+        depth_by_stamp = {stamp_ns(image): image for image in topics.got['depth']}
+        sub.spin_until(lambda: all(stamp_ns(m) in depth_by_stamp for m in compressed[:3])
+                       or depth_by_stamp.update({stamp_ns(i): i for i in topics.got['depth']}),
+                       10.0, 'the depth Images of the same captures')
+        for msg in compressed[:3]:
+            assert msg.format == '16UC1; compressedDepth ' + codec
+            assert msg.header.frame_id == 'kinect2_{0}_depth_optical_frame'.format(device)
+            image = depth_by_stamp[stamp_ns(msg)]
+            decoded = spec.decode(msg.format, bytes(msg.data)).image
+            assert decoded.shape == (image.height, image.width)
+            assert decoded.dtype == np.uint16
+            assert decoded.tobytes() == bytes(image.data)
         assert 'Traceback' not in client.output(), client.output()
 
 
