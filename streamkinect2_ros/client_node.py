@@ -18,8 +18,9 @@ Zeroconf by ``server_name`` (the first seen if empty), enables the streams chose
 where ``<device>`` is the device id made a valid ROS name (:py:func:`sanitise_name`).
 Depth is also published, only while subscribed, in image_transport's ``compressedDepth``
 format (PNG or RVL, lossless: :py:mod:`.compressed_depth`), the topic ``ros2 bag record``
-stores at about a third of the raw size. Colour travels as JPEG: the node forwards the received bytes to ``compressed`` as they
-are, and decodes them for ``image_raw`` only while that topic has a subscriber. Every
+stores at about a third of the raw size. Colour travels as JPEG: the node forwards the
+received bytes to ``compressed`` as they are, and decodes them for ``image_raw`` only
+while that topic has a subscriber. Every
 message of one capture carries its capture stamp (a colour frame paired with a depth
 capture by the server carries that capture's). When the server goes away the node logs
 it, publishes nothing, and reconnects by itself (re-discovering the server by name, or
