@@ -50,8 +50,9 @@ def create_devices(name, options):
 def mock_devices(options):
     """Build ``mock_count`` mock devices at ``mock_fps``, named by ``mock_ids``.
 
-    Ids missing from ``mock_ids`` are generated (``mock-<random>``); more ids than
-    ``mock_count`` is an error.
+    Ids missing from ``mock_ids`` are ``mock<i>``, *i* the device's index (the next free
+    number where that id is given to another device): the same on every run, so topic
+    names stay put. More ids than ``mock_count`` is an error.
     """
     count = int(options.get('mock_count', 1))
     fps = float(options.get('mock_fps', 30.0))
@@ -62,10 +63,15 @@ def mock_devices(options):
         raise BackendError('mock_ids has {0} ids for mock_count {1}'.format(len(ids), count))
     if not fps > 0:
         raise BackendError('mock_fps must be positive, got {0}'.format(fps))
-    ids += [None] * (count - len(ids))
+    taken = set(ids)
+    number = len(ids)
+    while len(ids) < count:
+        while 'mock{0}'.format(number) in taken:
+            number += 1
+        ids.append('mock{0}'.format(number))
+        taken.add(ids[-1])
     streams = _streams_option(options)
-    return [MockKinect(fps=fps, unique_kinect_id=kinect_id or None, **streams)
-            for kinect_id in ids]
+    return [MockKinect(fps=fps, unique_kinect_id=kinect_id, **streams) for kinect_id in ids]
 
 
 def _streams_option(options):

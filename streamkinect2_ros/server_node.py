@@ -46,8 +46,8 @@ PARAMETERS = (
     ParamSpec('mock_count', 1, 'device=mock: number of mock devices', True, (1, 64)),
     ParamSpec('mock_fps', 30.0, 'device=mock: frames per second of each mock device', True,
               (0.01, 1000.0)),
-    ParamSpec('mock_ids', [], 'device=mock: device ids (at most mock_count); missing ids '
-              'are generated as mock-<random>', True),
+    ParamSpec('mock_ids', [], 'device=mock: device ids (at most mock_count); a missing '
+              'id is mock<i>, i the device index (the next free number if taken)', True),
     ParamSpec('freenect2_serials', [], 'device=freenect2: serial numbers of the sensors to '
               'serve; unset or empty: every connected sensor', True),
     ParamSpec('freenect2_pipeline', 'auto', 'device=freenect2: libfreenect2 packet pipeline: '

@@ -363,7 +363,13 @@ def test_camera_info_never_raises_and_is_always_finite(record, width, height):
 def test_backend_registry():
     devices = backends.create_devices('mock', {'mock_count': 2, 'mock_fps': 5.0,
                                                'mock_ids': ['a']})
-    assert devices[0].unique_kinect_id == 'a' and devices[1].unique_kinect_id != 'a'
+    assert [d.unique_kinect_id for d in devices] == ['a', 'mock1']
+    # Issue 12 point 6: generated ids are the same on every run (they used to be random),
+    # and never one given to another device.
+    options = {'mock_count': 4, 'mock_ids': ['mock1', 'x']}
+    for _ in range(2):
+        assert [d.unique_kinect_id for d in backends.create_devices('mock', options)] == [
+            'mock1', 'x', 'mock2', 'mock3']
     assert 'mock' in backends.available_backends()
     with pytest.raises(backends.BackendError):
         backends.create_devices('nonesuch', {})
