@@ -20,6 +20,24 @@ setup() {
     echo "dev.sh: installing streamkinect2_ros and its dependencies into .venv" >&2
     .venv/bin/python -m pip install --quiet --disable-pip-version-check \
         -e '.[ros,test,bench,dev]'
+    # The ROS 2 launch packages and command line (launch, launch_ros, launch_testing,
+    # rosidl_runtime_py, ros2 launch/topic/param/...) as wheels, where the shared folder has
+    # them (a ROS 2 distribution has its own; the PyPI ROS wheels do not): the launch tests
+    # start the launch files with them, and skip, saying why, without them. First pytest
+    # < 9: launch_testing's pytest plugin uses a hook argument pytest 9 removed. launch
+    # imports lark: ros-rosidl-parser's lark-parser provides it, lark only if it is missing.
+    local cli=(../shared/ros2-cli-wheels/*.whl)
+    if [ -e "${cli[0]}" ]; then
+        echo "dev.sh: installing launch, launch_testing and the ros2 command line from" \
+            "../shared/ros2-cli-wheels" >&2
+        .venv/bin/python -m pip install --quiet --disable-pip-version-check 'pytest>=7,<9'
+        .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+            "${cli[@]}"
+        .venv/bin/python -m pip install --quiet --disable-pip-version-check osrf-pycommon \
+            pyyaml packaging psutil ros-ament-index-python ros-lifecycle-msgs
+        .venv/bin/python -c 'import lark' 2>/dev/null ||
+            .venv/bin/python -m pip install --quiet --disable-pip-version-check lark
+    fi
     # The real pylibfreenect2 (libfreenect2 bundled, CPU pipeline only) from the shared
     # wheel, where there is one and it fits this Python: the freenect2 tests check the
     # backend against it, and skip, saying why, without it. Its import needs

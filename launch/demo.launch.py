@@ -2,6 +2,7 @@
 
     ros2 launch streamkinect2_ros demo.launch.py
     ros2 launch streamkinect2_ros demo.launch.py mock_count:=2 mock_fps:=15.0
+    ros2 launch streamkinect2_ros demo.launch.py qos_reliability:=reliable  # RViz, rqt
     ros2 launch streamkinect2_ros demo.launch.py streams:='[depth, color]' color_resolution:=qhd
     ros2 launch streamkinect2_ros demo.launch.py kinect2_layout:=true   # + /kinect2/{sd,qhd,hd}
 
@@ -10,7 +11,8 @@ The server announces itself on the loopback interface only (``address:=127.0.0.1
 ``<namespace>/<device>/depth/image_raw``, ``.../ir/image_raw``, ``.../color/image_raw``
 and ``.../color/image_raw/compressed`` (``/mock0/depth/image_raw`` by default).
 ``streams`` goes to both nodes: the streams the mock devices offer and the client
-publishes. Without a ROS installation, ``python -m streamkinect2_ros.demo`` does the same.
+publishes. The launch stops (exit code 1) when either node exits by itself. Without a
+ROS installation, ``python -m streamkinect2_ros.demo`` does the same.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
@@ -21,8 +23,8 @@ from streamkinect2_ros import client_node, launching, server_node
 SHARED_ARGUMENTS = ('streams',)
 SERVER_ARGUMENTS = ('color_quality', 'color_resolution', 'mock_count', 'mock_fps',
                     'mock_ids')
-CLIENT_ARGUMENTS = ('frame_id', 'color_frame_id', 'stamp_source', 'kinect2_layout',
-                    'base_name', 'publish_tf')
+CLIENT_ARGUMENTS = ('frame_id', 'color_frame_id', 'stamp_source', 'qos_reliability',
+                    'qos_depth', 'kinect2_layout', 'base_name', 'publish_tf')
 
 
 def launch_setup(context):

@@ -43,6 +43,10 @@ echo "colcon-test.sh: workspace $workspace" >&2
 
 # Keep every ROS participant of the tests on this machine.
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+# AMENT_PREFIX_PATH is left as it is (colcon warns about a prefix without local_setup
+# files, such as a virtual environment): the launch tests (test/launch_helpers.py) put
+# the package under test first on it, and this Python's prefix, where launch, ros2cli and
+# the ROS wheels register their packages, when it is empty.
 export PYTHONDONTWRITEBYTECODE=1
 
 colcon build --base-paths src --packages-select streamkinect2_ros \

@@ -89,6 +89,16 @@ def test_typed_value():
         launching.typed_value('yes', True)
 
 
+@pytest.mark.parametrize('text,default,expected', [
+    ('abc', 1, 'an integer'), ('1.5', 1, 'an integer'), ('fast', 30.0, 'a number'),
+    ('', 30.0, 'a number'), ('yes', True, 'true or false'), ('1', False, 'true or false')])
+def test_a_bad_argument_names_itself_and_the_type_expected(text, default, expected):
+    with pytest.raises(ValueError) as raised:
+        launching.typed_value(text, default, 'some_arg')
+    assert str(raised.value) == 'launch argument some_arg: expected {0}, got {1!r}'.format(
+        expected, text)
+
+
 # --- stand-ins for launch / launch_ros -------------------------------------------------
 
 class _Recorded(object):
@@ -195,3 +205,45 @@ def test_launch_file_nodes_and_parameters(path):
                 for name, text in values.items():
                     if name in declared and name in arguments:
                         assert name in overrides
+
+
+def test_empty_string_arrays_are_declared_with_a_value():
+    """``ros2 param dump``/``get`` see every parameter: empty arrays are set to []."""
+    rclpy = pytest.importorskip('rclpy')
+    from rcl_interfaces.msg import ParameterType
+    from rclpy.parameter import Parameter
+    from streamkinect2_ros.params import declare_all, ParamSpec
+
+    specs = (ParamSpec('empty', [], 'unset by default', True),
+             ParamSpec('given', [], 'given by an override', True),
+             ParamSpec('writable', [], 'changeable', False),
+             ParamSpec('count', 1, 'a number', True, (1, 3)))
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        node = rclpy.create_node('streamkinect2_params_test', context=context,
+                                 parameter_overrides=[Parameter('given', value=['a'])])
+        try:
+            assert declare_all(node, specs) == {'empty': [], 'given': ['a'],
+                                                'writable': [], 'count': 1}
+            for name, value in (('empty', []), ('given', ['a']), ('writable', [])):
+                parameter = node.get_parameter(name)
+                assert parameter.type_ == Parameter.Type.STRING_ARRAY, name
+                assert list(parameter.value) == value
+                # What the get_parameters service answers (ros2 param get/dump).
+                message = parameter.get_parameter_value()
+                assert message.type == ParameterType.PARAMETER_STRING_ARRAY
+            described = {d.name: d for d in node.describe_parameters(
+                ['empty', 'given', 'writable'])}
+            assert described['empty'].read_only and described['given'].read_only
+            assert not described['writable'].read_only
+            assert described['empty'].type == ParameterType.PARAMETER_STRING_ARRAY
+            assert described['empty'].description == 'unset by default'
+            # Read-only stays read-only; a writable one takes strings, not other types.
+            assert not node.set_parameters([Parameter('empty', value=['x'])])[0].successful
+            assert node.set_parameters([Parameter('writable', value=['x'])])[0].successful
+            assert not node.set_parameters([Parameter('writable', value=[1])])[0].successful
+        finally:
+            node.destroy_node()
+    finally:
+        context.try_shutdown()
