@@ -1,6 +1,7 @@
 """Client for a streaming Kinect2 server."""
 import collections
 import logging
+import random
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Type
 
@@ -10,11 +11,13 @@ import zmq
 from zmq.eventloop.zmqstream import ZMQStream
 
 from . import codec as _codec
+from .clock import ClockOffsetEstimator
 from .common import EndpointType, ProtocolError, send_isolated
 from .device import COLOR_HEIGHT, COLOR_WIDTH, ColorFrame, DepthFrame, IrFrame, STREAMS
 from .protocol import (CONTROL_MAX_MESSAGE_SIZE, decode_control, decode_frame_message,
-                       encode_control, FLAG_PAIRED, FrameHeader, header_stream,
-                       MessageParts, MessageType, validate_me_payload)
+                       decode_pong_times, encode_control, FLAG_PAIRED, FrameHeader,
+                       header_stream, MessageParts, MessageType, ping_payload,
+                       validate_me_payload)
 from .security import CurveClientConfig, new_socket
 from .stats import SequenceGaps, Window
 
@@ -36,6 +39,16 @@ DEPTH_RECV_HWM = 4
 INVALID_LOG_PERIOD = 5.0
 #: Seconds of frames a device's :py:class:`FrameStats` window keeps (rate, latency).
 STATS_WINDOW = 10.0
+#: Milliseconds between two timed pings (the clock offset estimate), by default, on
+#: average: each wait is drawn between half and one and a half times it, so that pings
+#: do not keep landing at one phase of the frames (1 s is 30 frame periods) and meet
+#: the same queue on the way each time.
+CLOCK_PERIOD = 1000
+#: Timed pings sent back to back on connection, for a first estimate at once.
+CLOCK_BURST = 8
+#: Nanoseconds by which this host's wall clock may move against its monotonic clock
+#: before the client counts it as stepped (slewing moves both alike; only steps differ).
+LOCAL_STEP_NS = 1000000
 
 
 def max_depth_payload_bytes(max_pixels: int) -> int:
@@ -105,7 +118,9 @@ class FrameStats(object):
     undecodable, of another stream); ``dropped`` frames missing from the sequence (lost
     upstream); ``payload_bytes`` bytes received (headers and payloads); ``raw_bytes``
     bytes the delivered frames decode (or, colour, would decode) to; ``last_sequence``;
-    ``last_latency`` seconds from capture to delivered, last frame. ``window`` (a
+    ``last_latency`` seconds from capture to delivered, last frame (on this host's clock:
+    the capture stamp moved by the client's clock offset estimate, once there is one; see
+    :py:meth:`Client.to_local_ns`). ``window`` (a
     :py:class:`~streamkinect2.stats.Window`) holds the last ``STATS_WINDOW`` s of frames
     with their latencies: :py:meth:`rate` and
     :py:meth:`latency_percentile` read it. ``stalled`` is True while an enabled stream
@@ -141,13 +156,15 @@ class FrameStats(object):
         return self.gaps.last
 
     def add_frame(self, frame: Any, message_bytes: int, now: Optional[float] = None,
-                  raw_bytes: Optional[int] = None) -> None:
+                  raw_bytes: Optional[int] = None, capture_ns: Optional[int] = None) -> None:
         """Account one delivered frame that came in a message of *message_bytes*.
 
-        *raw_bytes* is what the frame decodes to (default: its ``data``'s size).
+        *raw_bytes* is what the frame decodes to (default: its ``data``'s size);
+        *capture_ns* its capture time on this host's clock (default: its stamp as sent).
         """
         now = time.monotonic() if now is None else now
-        self.last_latency = time.time() - frame.timestamp
+        capture_ns = frame.timestamp_ns if capture_ns is None else capture_ns
+        self.last_latency = (time.time_ns() - capture_ns) * 1e-9
         self.gaps.add(frame.sequence)
         self.received += 1
         self.payload_bytes += message_bytes
@@ -168,15 +185,24 @@ class FrameStats(object):
         return {name: getattr(self, name) for name in self.COUNTERS}
 
 
+def _no_callback(msg_type: MessageType, payload: Any) -> None:
+    pass
+
+
 class _Request(object):
-    __slots__ = ('msg_type', 'payload', 'callback', 'sent_at')
+    __slots__ = ('msg_type', 'payload', 'callback', 'sent_at', 'timed', 'sent_ns',
+                 'sent_monotonic_ns')
 
     def __init__(self, msg_type: MessageType, payload: Any,
-                 callback: Callable[[MessageType, Any], None]) -> None:
+                 callback: Callable[[MessageType, Any], None], timed: bool = False) -> None:
         self.msg_type = msg_type
         self.payload = payload
         self.callback = callback
         self.sent_at: Optional[float] = None
+        # A timed ping: its payload is made as it leaves, with these times.
+        self.timed = timed
+        self.sent_ns = 0
+        self.sent_monotonic_ns = 0
 
 
 class _Stream(NamedTuple):
@@ -268,6 +294,16 @@ class Client(object):
     *curve*, a :py:class:`~streamkinect2.security.CurveClientConfig`, turns on CURVE
     encryption and authentication towards a server that has it on.
 
+    Clocks: a frame's stamp is its capture time on the server's clock. Once the server
+    has identified itself the client sends timed pings, ``clock_burst`` back to back,
+    then one every ``clock_period`` ms on average (0: none after the burst), and
+    estimates the server's clock minus its own: ``clock`` (a
+    :py:class:`~streamkinect2.clock.ClockOffsetEstimator`: ``clock.estimate``,
+    ``clock.as_dict()``), :py:meth:`to_local_ns` to move a stamp onto this host's clock.
+    A server that answers them with a plain ``pong`` (or an ``error``: a 2014 server)
+    gets no more (``clock.supported`` False); replies that cannot be true are counted
+    and ignored (``clock.rejected``). Latencies in the stats are on this host's clock.
+
     Receivers of the signals are called on the IOLoop; one that raises is logged and
     stops neither the others nor the stream.
     """
@@ -298,6 +334,10 @@ class Client(object):
         self._curve = curve
         self.heartbeat_period = 500
         self.response_timeout = 2000
+        self.clock_period = CLOCK_PERIOD
+        self.clock_burst = CLOCK_BURST
+        #: The estimate of the server's clock offset (a new one on every connect()).
+        self.clock = ClockOffsetEstimator()
         self.stall_timeout = 2000
         self.max_frame_pixels = DEFAULT_MAX_FRAME_PIXELS
         self.max_color_pixels = DEFAULT_MAX_COLOR_PIXELS
@@ -321,6 +361,13 @@ class Client(object):
         self._queue: Any = collections.deque()
         self._in_flight: Optional[_Request] = None
         self._last_sent = 0.0
+        self._last_who = 0.0
+        self._next_ping = 0.0  # monotonic time the next timed ping is due
+        self._recent_pings: Any = collections.deque(maxlen=16)  # their client_ns
+        self._pinging = False  # a timed ping queued or in flight
+        self._burst_left = 0
+        self._clock_base: Optional[int] = None  # wall minus monotonic clock, ns
+        self._clock_warned = False
         self._identified = False
         self._capped_logged = False
         self._ticker: Optional[PeriodicCallback] = None
@@ -336,6 +383,17 @@ class Client(object):
     def is_identified(self) -> bool:
         """Return True once the server connected to has identified itself."""
         return self.is_connected and self._identified
+
+    def to_local_ns(self, timestamp_ns: int) -> Optional[int]:
+        """Return a server stamp (a frame's ``timestamp_ns``) on this host's clock.
+
+        That is *timestamp_ns* less the estimated offset of the server's clock
+        (``clock.estimate.offset_ns``), ns since the epoch as ``time.time_ns()``; None
+        while there is no estimate (before the first timed pong, or from a server that
+        does not report its clock). Its error is within ``clock.as_dict()
+        ['uncertainty_ns']`` while the two clocks keep their rates.
+        """
+        return self.clock.to_local_ns(timestamp_ns)
 
     # --- connection ------------------------------------------------------------------
 
@@ -359,6 +417,12 @@ class Client(object):
         self._capped_logged = False
         self._queue.clear()
         self._in_flight = None
+        self.clock = ClockOffsetEstimator()
+        self._pinging = False
+        self._burst_left = 0
+        self._clock_base = None
+        self._clock_warned = False
+        self._recent_pings.clear()
         self._heartbeat_ms = self.heartbeat_period  # fixed until the next connect()
         period = max(10, min(100, self._heartbeat_ms / 2, self.response_timeout / 4))
         self._ticker = PeriodicCallback(self._tick, period)
@@ -418,7 +482,95 @@ class Client(object):
         self._request(MessageType.ping, None, got_pong)
 
     def _who(self) -> None:
+        self._last_who = time.monotonic()
         self._request(MessageType.who, None, self._got_me)
+
+    # --- clock ------------------------------------------------------------------------
+
+    def _timed_ping(self) -> None:
+        self._pinging = True
+        self._queue.append(_Request(MessageType.ping, None, _no_callback, timed=True))
+        self._pump()
+
+    def _clock_due(self, now: float) -> bool:
+        return (self._identified and not self._pinging and self.clock.supported is not False
+                and self.clock_period > 0 and now >= self._next_ping)
+
+    def _got_timed_reply(self, request: _Request, frames: List[bytes], received_ns: int,
+                         received_monotonic_ns: int) -> None:
+        """Feed the clock estimate with the reply to a timed ping; never raise.
+
+        A reply that is not a timed pong is no reason to leave the server: a plain
+        ``pong`` or an ``error`` says it does not report its clock (no more timed
+        pings); anything else is counted as rejected and the pings go on.
+        """
+        self._pinging = False
+        clock = self.clock
+        try:
+            msg_type, payload = decode_control(frames)
+            if (msg_type is MessageType.pong and payload is None) or \
+                    msg_type is MessageType.error:
+                reason = 'it answers a timed ping with {0}'.format(
+                    'a plain pong' if msg_type is MessageType.pong else 'an error: {0}'.format(
+                        payload.get('reason') if isinstance(payload, dict) else None))
+                clock.unsupported(reason)
+                self._burst_left = 0
+                log.info('Server at %s does not report its clock (%s): its capture stamps '
+                         "cannot be moved onto this host's clock",
+                         self.endpoints[EndpointType.control], reason)
+                return
+            if msg_type is not MessageType.pong:
+                raise ProtocolError('{0} in reply to a ping'.format(msg_type.name))
+            times = decode_pong_times(payload)
+            if times.client_ns != request.sent_ns:
+                raise ProtocolError('a pong to {0} ping (client_ns {1}, not {2})'.format(
+                    'an earlier' if self._is_stale_pong(payload) else 'another',
+                    times.client_ns, request.sent_ns))
+            # This host's wall clock against its monotonic one: a step during the
+            # exchange spoils it; one since the last sample spoils the window.
+            base = received_ns - received_monotonic_ns
+            if abs(base - (request.sent_ns - request.sent_monotonic_ns)) > LOCAL_STEP_NS:
+                self._clock_base = None
+                clock.reset()
+                raise ProtocolError("this host's clock stepped during the exchange")
+            if self._clock_base is not None and abs(base - self._clock_base) > LOCAL_STEP_NS:
+                log.info("This host's clock stepped by %.3f ms: estimating the offset of "
+                         '%s anew', (base - self._clock_base) * 1e-6,
+                         self.endpoints[EndpointType.control])
+                clock.reset()
+            self._clock_base = base
+            if clock.add(request.sent_ns, times.recv_ns, times.send_ns, received_ns,
+                         received_monotonic_ns * 1e-9) is None:
+                raise ProtocolError(clock.last_rejection or 'rejected')
+        except ProtocolError as err:
+            clock.reject(str(err))
+            self._warn_clock(err)
+        except Exception as err:  # nothing a reply holds may stop the client
+            clock.reject('{0}: {1}'.format(type(err).__name__, err))
+            log.exception('Error handling a pong from %s', self.endpoints[EndpointType.control])
+        finally:
+            if self._burst_left > 0 and clock.supported is not False and self.is_connected:
+                self._burst_left -= 1
+                self._timed_ping()
+
+    def _is_stale_pong(self, payload: Any) -> bool:
+        """Tell whether *payload* is that of a pong to an earlier timed ping."""
+        try:
+            client_ns = decode_pong_times(payload).client_ns
+        except ProtocolError:
+            return False
+        return client_ns in self._recent_pings
+
+    def _warn_clock(self, err: Exception) -> None:
+        # The first bad pong is a warning; the rest only count (clock.rejected): a
+        # server answering garbage every second must not flood the log.
+        if not self._clock_warned:
+            self._clock_warned = True
+            log.warning('Ignoring a timed pong from %s: %s (further ones are counted, in '
+                        'clock.rejected)', self.endpoints[EndpointType.control], err)
+        else:
+            log.debug('Ignoring a timed pong from %s: %s', self.endpoints[EndpointType.control],
+                      err)
 
     def _ensure_connected(self) -> None:
         if not self.is_connected:
@@ -436,7 +588,15 @@ class Client(object):
         request = self._queue.popleft()
         request.sent_at = self._last_sent = time.monotonic()
         self._in_flight = request
-        stream.send_multipart(encode_control(request.msg_type, request.payload))
+        payload = request.payload
+        if request.timed:  # its send time, as late as can be
+            self._next_ping = request.sent_at + random.uniform(0.5, 1.5) * \
+                self.clock_period / 1000.0
+            request.sent_monotonic_ns = time.monotonic_ns()
+            request.sent_ns = time.time_ns()
+            self._recent_pings.append(request.sent_ns)
+            payload = ping_payload(request.sent_ns)
+        stream.send_multipart(encode_control(request.msg_type, payload))
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -445,20 +605,38 @@ class Client(object):
             if (now - (request.sent_at or now)) * 1000 > self.response_timeout:
                 self._disconnect('no reply within {0} ms'.format(self.response_timeout))
                 return
-        elif not self._queue and (now - self._last_sent) * 1000 >= self._heartbeat_ms:
-            self._who()  # heartbeat, which also refreshes the device list
+        elif not self._queue:
+            if (now - self._last_who) * 1000 >= self._heartbeat_ms:
+                self._who()  # heartbeat, which also refreshes the device list
+            elif self._clock_due(now):
+                self._timed_ping()
         self._check_stalls(now)
 
     def _on_control_recv(self, frames: List[bytes]) -> None:
+        # The clocks first: a timed pong's arrival time is as early as can be.
+        received_ns, received_monotonic_ns = time.time_ns(), time.monotonic_ns()
         request, self._in_flight = self._in_flight, None
         try:
-            msg_type, payload = decode_control(frames)
-            if request is None:
-                raise ProtocolError('unsolicited {0} reply'.format(msg_type.name))
-            if msg_type is MessageType.error:
-                reason = payload.get('reason') if isinstance(payload, dict) else None
-                raise ProtocolError('server replied error: {0}'.format(reason))
-            request.callback(msg_type, payload)
+            if request is not None and request.timed:  # never raises
+                self._got_timed_reply(request, frames, received_ns, received_monotonic_ns)
+            else:
+                msg_type, payload = decode_control(frames)
+                if request is None:
+                    raise ProtocolError('unsolicited {0} reply'.format(msg_type.name))
+                if msg_type is MessageType.pong and request.msg_type is not MessageType.ping \
+                        and self._is_stale_pong(payload):
+                    # A late second answer to a timed ping, taken by ZeroMQ for this
+                    # request's reply (it drops the real one when the next request
+                    # goes): ask again.
+                    self.clock.reject('a pong to an earlier ping, as the reply to {0}'.format(
+                        request.msg_type.name))
+                    self._warn_clock(ProtocolError('it answered a timed ping twice'))
+                    self._queue.appendleft(request)
+                else:
+                    if msg_type is MessageType.error:
+                        reason = payload.get('reason') if isinstance(payload, dict) else None
+                        raise ProtocolError('server replied error: {0}'.format(reason))
+                    request.callback(msg_type, payload)
         except ProtocolError as err:
             # Whatever answers who with anything but a valid me is no server to stay
             # connected to (identified or not): give it up.
@@ -492,6 +670,9 @@ class Client(object):
             self._identified = True
             log.info('Connected to %r at %s', self.server_name,
                      self.endpoints[EndpointType.control])
+            if self.clock_burst > 0:  # first in line: an estimate before the first frame
+                self._burst_left = self.clock_burst - 1
+                self._timed_ping()
             send_isolated(self.on_connect, self)
         for kinect_id, record in records.items():
             if kinect_id not in self.devices and self.is_connected:
@@ -658,7 +839,8 @@ class Client(object):
                          now - (stats.last_frame_at or now))
             raw_bytes = 3 * frame.shape[0] * frame.shape[1] if stream == 'color' else None
             stats.add_frame(frame, sum(len(f.buffer) if hasattr(f, 'buffer') else len(f)
-                                       for f in frames), now, raw_bytes)
+                                       for f in frames), now, raw_bytes,
+                            self.clock.to_local_ns(frame.timestamp_ns))
             send_isolated(getattr(self, spec.signal), self, kinect_id=kinect_id,
                           **{spec.argument: frame})
         except Exception:

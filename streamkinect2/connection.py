@@ -18,6 +18,7 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 import zmq
 
 from .client import Client, DEFAULT_MAX_DEVICES, FrameStats
+from .clock import ClockOffsetEstimator
 from .common import send_isolated
 from .security import CurveClientConfig
 from .server import ServerBrowser
@@ -203,6 +204,24 @@ class ServerConnection(object):
         """Return the current client's :py:class:`~streamkinect2.client.FrameStats` by id."""
         client = self._client
         return client.stats if client is not None else {}
+
+    @property
+    def clock(self) -> Optional[ClockOffsetEstimator]:
+        """Return the current client's estimate of the server's clock offset, or None.
+
+        See :py:class:`~streamkinect2.clock.ClockOffsetEstimator`; a new one with every
+        client (every connection).
+        """
+        client = self._client
+        return client.clock if client is not None else None
+
+    def to_local_ns(self, timestamp_ns: int) -> Optional[int]:
+        """Return a frame stamp on this host's clock, or None without an estimate.
+
+        See :py:meth:`~streamkinect2.client.Client.to_local_ns`.
+        """
+        client = self._client
+        return client.to_local_ns(timestamp_ns) if client is not None else None
 
     def candidates(self) -> List[str]:
         """Return the control endpoints that may be tried now, in order."""

@@ -5,7 +5,8 @@ See ``docs/protocol.md`` for the specification these functions implement.
 import enum
 import json
 import struct
-from typing import Any, Dict, List, NamedTuple, Sequence, Tuple, Type, TypeVar, Union
+from typing import (Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Type, TypeVar,
+                    Union)
 
 from .common import PROTOCOL_VERSION, ProtocolError
 
@@ -15,7 +16,8 @@ __all__ = [
     'unpack_frame_header',
     'FrameMessage', 'decode_frame_message', 'CONTROL_MAX_MESSAGE_SIZE', 'MAX_CONTROL_BYTES',
     'MAX_JSON_DEPTH', 'validate_me_payload', 'BytesLike', 'MessageParts', 'STREAM_IDS',
-    'FLAG_PAIRED', 'frame_flags', 'header_stream',
+    'FLAG_PAIRED', 'frame_flags', 'header_stream', 'is_int64', 'ping_payload',
+    'pong_payload', 'PongTimes', 'decode_pong_times', 'shift_frame_timestamp',
 ]
 
 #: Largest control message payload accepted, in bytes.
@@ -101,6 +103,69 @@ def decode_control(frames: MessageParts) -> Tuple[MessageType, Any]:
     return msg_type, payload
 
 
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def is_int64(value: Any) -> bool:
+    """Tell whether *value* is an integer (not a bool) that fits in 64 signed bits."""
+    return (isinstance(value, int) and not isinstance(value, bool)
+            and _INT64_MIN <= value <= _INT64_MAX)
+
+
+# ---------------------------------------------------------------------------------------
+# Timed ping and pong (the clock offset, see streamkinect2.clock)
+
+def ping_payload(client_ns: int) -> Dict[str, int]:
+    """Return the payload of a timed ``ping`` sent at *client_ns* (the client's clock)."""
+    return {'client_ns': int(client_ns)}
+
+
+def pong_payload(ping: Any, recv_ns: int, send_ns: int) -> Optional[Dict[str, int]]:
+    """Return the payload of the ``pong`` answering a ping whose payload is *ping*.
+
+    None (a plain pong, as in 2014) for a ping without payload; else the server's clock
+    at receipt (*recv_ns*) and reply (*send_ns*), with the ping's ``client_ns`` echoed.
+    Raises :py:class:`ProtocolError` for a payload that is not a JSON object, or whose
+    ``client_ns`` is not a 64-bit integer.
+    """
+    if ping is None:
+        return None
+    if not isinstance(ping, dict):
+        raise ProtocolError('ping payload must be a JSON object')
+    reply = {'recv_ns': int(recv_ns), 'send_ns': int(send_ns)}
+    if 'client_ns' in ping:
+        if not is_int64(ping['client_ns']):
+            raise ProtocolError('ping client_ns must be a 64-bit integer')
+        reply['client_ns'] = ping['client_ns']
+    return reply
+
+
+class PongTimes(NamedTuple):
+    """The times a timed ``pong`` carries, ns."""
+
+    #: the ping's send time, echoed (the client's clock)
+    client_ns: int
+    #: when the server received the ping (its clock: the clock that stamps frames)
+    recv_ns: int
+    #: when the server sent the pong (its clock)
+    send_ns: int
+
+
+def decode_pong_times(payload: Any) -> PongTimes:
+    """Return the :py:class:`PongTimes` of a ``pong`` payload; ProtocolError if it has none.
+
+    The payload must be a JSON object whose ``client_ns``, ``recv_ns`` and ``send_ns``
+    are 64-bit integers (other keys are ignored).
+    """
+    if not isinstance(payload, dict):
+        raise ProtocolError('pong payload is not a JSON object')
+    times: List[Any] = [payload.get(key) for key in PongTimes._fields]
+    if not all(is_int64(value) for value in times):
+        raise ProtocolError('pong payload lacks 64-bit integer {0}'.format(
+            ', '.join(PongTimes._fields)))
+    return PongTimes(*times)
+
+
 def validate_me_payload(payload: Any) -> Dict[str, Any]:
     """Check a ``me`` payload and return it; raise :py:class:`ProtocolError` if invalid."""
     if not isinstance(payload, dict):
@@ -143,6 +208,10 @@ FRAME_HEADER_FORMAT: str = '<4sBBHHHIQqQI'
 _HEADER = struct.Struct(FRAME_HEADER_FORMAT)
 #: Size in bytes of a version-1 frame header.
 FRAME_HEADER_SIZE: int = _HEADER.size
+# Where timestamp_ns sits in a header: after magic, version, codec, header size, width,
+# height, flags and sequence.
+_TIMESTAMP = struct.Struct('<q')
+_TIMESTAMP_OFFSET = struct.calcsize('<4sBBHHHIQ')
 
 
 class FrameHeader(NamedTuple):
@@ -265,6 +334,22 @@ class FrameMessage(bytes):
         view = memoryview(self)
         size = self.header_size
         return view[:size], view[size:]
+
+
+def shift_frame_timestamp(parts: Sequence[BytesLike],
+                          offset_ns: int) -> Tuple[bytes, BytesLike]:
+    """Return the two parts of a frame message with its ``timestamp_ns`` moved by *offset_ns*.
+
+    *parts* are a frame message's header and payload (e.g. :py:attr:`FrameMessage.parts`);
+    the header is copied (44 bytes), the payload is not. For a server whose clock is
+    offset for a test (``Server(clock_offset_ns=...)``).
+    """
+    header = bytearray(parts[0])
+    if len(header) < FRAME_HEADER_SIZE:
+        raise ProtocolError('frame header too short ({0} bytes)'.format(len(header)))
+    (timestamp_ns,) = _TIMESTAMP.unpack_from(header, _TIMESTAMP_OFFSET)
+    _TIMESTAMP.pack_into(header, _TIMESTAMP_OFFSET, timestamp_ns + int(offset_ns))
+    return bytes(header), parts[1]
 
 
 def decode_frame_message(frames: MessageParts,

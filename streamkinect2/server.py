@@ -28,7 +28,8 @@ from .compress import check_color_options, DepthFrameCompressor, FrameCompressor
 from .device import STREAMS, streams_of
 from .discovery import ServerBrowser, ServerInfo
 from .protocol import (CONTROL_MAX_MESSAGE_SIZE, decode_control, encode_control,
-                       FrameMessage, MessageParts, MessageType)
+                       FrameMessage, is_int64, MessageParts, MessageType, pong_payload,
+                       shift_frame_timestamp)
 from .security import _Authenticator, CurveServerConfig, new_socket
 
 __all__ = ['Server', 'ServerBrowser', 'ServerInfo', 'default_address']
@@ -549,6 +550,11 @@ class Server(object):
     or degrades (a device not running or silent, frames failing to compress or dropped,
     flooding subscribers cut off), stream by stream, and an info line when it streams
     again; :py:meth:`device_health` tells the current state.
+
+    Clock: every frame's ``timestamp_ns`` and the times in a ``pong`` are this host's
+    ``time.time_ns()``, so that a client can move capture stamps onto its own clock
+    (``docs/protocol.md``, :py:mod:`~streamkinect2.clock`). *clock_offset_ns* is for
+    tests only: it shifts both by that many ns, as a host whose clock is off would.
     """
 
     #: Seconds between two looks at the devices' health.
@@ -560,8 +566,13 @@ class Server(object):
                  control_port: Optional[int] = None, codec: Optional[int] = None,
                  curve: Optional[CurveServerConfig] = None,
                  color_quality: Optional[int] = None, color_resolution: str = 'hd',
-                 streams: Optional[Sequence[str]] = None) -> None:
+                 streams: Optional[Sequence[str]] = None, clock_offset_ns: int = 0) -> None:
         """Create a server (arguments checked); it starts serving on :py:meth:`start`."""
+        if not is_int64(clock_offset_ns):
+            raise ValueError('clock_offset_ns must be an integer, got {0!r}'.format(
+                clock_offset_ns))
+        #: Test only: ns added to every time the server sends (frames' and pongs').
+        self.clock_offset_ns: int = clock_offset_ns
         self.address: str = (_check_ipv4(address) if address is not None
                              else default_address())
         self.name: str = _check_name(name if name is not None else 'Kinect2 {0} {1}'.format(
@@ -744,7 +755,10 @@ class Server(object):
             return
         stream_socket = device.sockets.get(compressor.stream)
         if stream_socket is not None:
-            stream_socket.send(compressed_frame.parts)
+            parts: MessageParts = compressed_frame.parts
+            if self.clock_offset_ns:  # a test's clock offset
+                parts = shift_frame_timestamp(parts, self.clock_offset_ns)
+            stream_socket.send(parts)
 
     @staticmethod
     def _stream_endpoint(device: _Device, stream: str,
@@ -976,11 +990,16 @@ class Server(object):
 
     # --- control protocol ------------------------------------------------------------
 
+    def _now_ns(self) -> int:
+        """Return the time on this server's clock, the one that stamps frames."""
+        return time.time_ns() + self.clock_offset_ns
+
     def _handle_control(self, frames: List[zmq.Frame]) -> None:
+        received_ns = self._now_ns()  # first: a pong's receipt time is as early as can be
         peer = _peer_address(frames[0]) if frames else None
         try:
             msg_type, payload = decode_control(frames)
-            reply = self._reply_to(msg_type, payload, peer)
+            reply = self._reply_to(msg_type, payload, peer, received_ns)
         except ProtocolError as err:
             log.warning('Bad control message: %s', err)
             reply = encode_control(MessageType.error, {'reason': str(err)})
@@ -992,10 +1011,15 @@ class Server(object):
         if stream is not None:  # else stopped meanwhile: nobody to reply to
             stream.send_multipart(reply)
 
-    def _reply_to(self, msg_type: MessageType, payload: Any,
-                  peer: Optional[str] = None) -> List[bytes]:
+    def _reply_to(self, msg_type: MessageType, payload: Any, peer: Optional[str] = None,
+                  received_ns: Optional[int] = None) -> List[bytes]:
         if msg_type is MessageType.ping:
-            return encode_control(MessageType.pong)
+            # A timed ping gets the server's times (the reply time last, as late as can
+            # be); a plain one a plain pong, as in 2014.
+            if received_ns is None:
+                received_ns = self._now_ns()
+            return encode_control(MessageType.pong, pong_payload(payload, received_ns,
+                                                                 self._now_ns()))
         if msg_type is MessageType.who:
             return encode_control(MessageType.me, self.me_payload(peer))
         raise ProtocolError('unexpected message type "{0}" from a client'.format(
