@@ -53,6 +53,7 @@ from streamkinect2.registration import Registration
 from .conversions import (fill_camera_info, fill_image, fill_point_cloud, sanitise_name,
                           stamp_from_ns)
 from .params import ParamSpec
+from .rosutil import create_overridable_publisher
 
 __all__ = ['CalibrationSources', 'DeviceLayout', 'Kinect2Layout',
            'LAYOUT_PARAMETERS', 'OUTPUTS', 'RESOLUTIONS', 'StaticTfPublisher',
@@ -387,8 +388,8 @@ class DeviceLayout(object):
         self.publishers = collections.OrderedDict()
         try:
             for output, kind in OUTPUTS.items():
-                self.publishers[output] = node.create_publisher(
-                    kind, '{0}/{1}'.format(base, output), qos)
+                self.publishers[output] = create_overridable_publisher(
+                    node, kind, '{0}/{1}'.format(base, output), qos)
         except BaseException:
             self._destroy_publishers()
             raise
@@ -715,7 +716,8 @@ class Kinect2Layout(object):
                               color_offered, self.qos)
         self.devices[kinect_id] = layout
         if self.tf is not None:
-            self.tf.publish(static_transforms(calibration, base_tf, time.time_ns()))
+            self.tf.publish(static_transforms(calibration, base_tf,
+                                              self.node.get_clock().now().nanoseconds))
         self.node.get_logger().info(
             'Device {0}: kinect2_bridge topics under {1}, frames {2}_rgb_optical_frame and '
             '{2}_ir_optical_frame, calibration: {3}'.format(

@@ -9,8 +9,9 @@ tornado IOLoop thread; the rclpy executor keeps the main thread (parameters,
 diagnostics). On shutdown (Ctrl-C, SIGTERM, launch shutdown) the server unregisters from
 Zeroconf and every socket is closed.
 
-Numeric parameters have ranges (rclpy refuses anything else, and the node exits at once
-with the reason; so does a ``color_resolution`` or ``streams`` entry it does not know).
+Numeric parameters have ranges, string parameters their allowed values, in their
+descriptors (``ros2 param describe``); anything else stops the node at once with one
+error naming the parameter and what it allows.
 ``/diagnostics`` carries one status per device, OK, WARN or ERROR as the server's health
 checks find it, its worst stream (a device not running or silent, frames failing to
 compress or dropped, flooding subscribers cut off), with the depth counters and, per
@@ -21,11 +22,12 @@ import sys
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from streamkinect2 import EndpointType, Server
-from streamkinect2.compress import check_color_options, COLOR_RESOLUTIONS
+from streamkinect2.compress import COLOR_RESOLUTIONS
 from streamkinect2.device import STREAMS
+from streamkinect2.freenect2_device import PIPELINES
 from streamkinect2.security import CurveServerConfig
 
-from .backends import create_devices
+from .backends import available_backends, create_devices
 from .params import declare_all, ParamSpec
 from .rosutil import LoopNode, run_node
 
@@ -42,7 +44,8 @@ PARAMETERS = (
     ParamSpec('control_port', 0, 'TCP port of the control endpoint; 0: a free port', True,
               (0, 65535)),
     ParamSpec('device', 'mock', 'Device backend: mock (synthetic frames), or freenect2 (real '
-              'Kinect v2 sensors through the optional pylibfreenect2)', True),
+              'Kinect v2 sensors through the optional pylibfreenect2)', True,
+              choices=tuple(available_backends())),
     ParamSpec('mock_count', 1, 'device=mock: number of mock devices', True, (1, 64)),
     ParamSpec('mock_fps', 30.0, 'device=mock: frames per second of each mock device', True,
               (0.01, 1000.0)),
@@ -51,7 +54,8 @@ PARAMETERS = (
     ParamSpec('freenect2_serials', [], 'device=freenect2: serial numbers of the sensors to '
               'serve; unset or empty: every connected sensor', True),
     ParamSpec('freenect2_pipeline', 'auto', 'device=freenect2: libfreenect2 packet pipeline: '
-              'auto, cuda, opencl, opengl or cpu; falls back to the next available', True),
+              'auto, cuda, opencl, opengl or cpu; falls back to the next available', True,
+              choices=('auto',) + tuple(name for name, _ in PIPELINES)),
     ParamSpec('freenect2_min_depth', 500, 'device=freenect2: nearest depth kept, mm; nearer '
               'is 0 (no reading)', True, (0, 65535)),
     ParamSpec('freenect2_max_depth', 4500, 'device=freenect2: farthest depth kept, mm (at '
@@ -62,13 +66,13 @@ PARAMETERS = (
               'a sensor to its first frame; none by then: reopen it with the next packet '
               'pipeline', True, (0.1, 3600.0)),
     ParamSpec('streams', [], 'Streams served, of {0}; unset or empty: every stream a device '
-              'offers'.format(', '.join(STREAMS)), True),
+              'offers'.format(', '.join(STREAMS)), True, choices=STREAMS),
     ParamSpec('color_quality', 0, 'JPEG quality of the colour stream, 1 (smallest) to 100; '
               '0: 90 at hd, 75 at qhd (depth + qhd colour then stays under 50 Mbit/s)',
               True, (0, 100)),
     ParamSpec('color_resolution', 'hd', 'Colour resolution sent: {0} (hd: 1920 x 1080 as '
               'captured; qhd: halved, 960 x 540, for thin links)'.format(
-                  ' or '.join(COLOR_RESOLUTIONS)), True),
+                  ' or '.join(COLOR_RESOLUTIONS)), True, choices=COLOR_RESOLUTIONS),
     ParamSpec('diagnostics_period', 1.0, 'Seconds between diagnostic_msgs/DiagnosticArray '
               'messages on /diagnostics (each device OK, WARN or ERROR); 0: none', True,
               (0.0, 3600.0)),
@@ -93,7 +97,7 @@ class ServerNode(LoopNode):
         self._curve = None
         self._devices = []
         try:
-            # Out-of-range values are refused here, before anything is opened.
+            # Values out of range or not allowed are refused here, before anything opens.
             self.params = declare_all(self, PARAMETERS)
             self._start()
         except BaseException:
@@ -116,12 +120,6 @@ class ServerNode(LoopNode):
                                             params['curve_allowed_clients'])
         elif params['curve_allowed_clients']:
             raise ValueError('curve_allowed_clients needs curve_secret_file')
-        # Checked before any device opens: the node exits with the reason.
-        check_color_options(params['color_quality'] or None, params['color_resolution'])
-        unknown = [name for name in params['streams'] if name not in STREAMS]
-        if unknown:
-            raise ValueError('streams: unknown stream(s) {0}; known: {1}'.format(
-                ', '.join(repr(name) for name in unknown), ', '.join(STREAMS)))
         self._devices = create_devices(params['device'], options)
         for device in self._devices:
             lost = getattr(type(device), 'on_device_lost', None)

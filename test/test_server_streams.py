@@ -425,8 +425,8 @@ def test_the_streams_served_can_be_limited():
 
 @pytest.mark.parametrize('params,reason', [
     ({'color_quality': -1}, 'color_quality'), ({'color_quality': 101}, 'color_quality'),
-    ({'color_resolution': 'uhd'}, "color_resolution must be one of 'hd', 'qhd'"),
-    ({'streams': '[depth,audio]'}, "unknown stream(s) 'audio'")])
+    ({'color_resolution': 'uhd'}, "color_resolution: 'uhd' is not one of: hd, qhd"),
+    ({'streams': '[depth,audio]'}, "streams: 'audio' is not one of: depth, ir, color")])
 def test_bad_stream_parameters_stop_the_server_node_with_a_reason(params, reason):
     ros_helpers = pytest.importorskip('ros_helpers')
     pytest.importorskip('rclpy')
