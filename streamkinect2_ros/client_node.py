@@ -28,6 +28,12 @@ retrying the fixed endpoint). Frame rate, drops and latency per stream are logge
 ``log_period`` and published as ``diagnostic_msgs`` on ``/diagnostics``. ``frame_id``,
 ``color_frame_id`` and ``stamp_source`` can be changed while running.
 
+Every topic's QoS starts from ``qos_reliability`` and ``qos_depth`` (keep last,
+volatile); rclpy's ``qos_overrides./<topic>.publisher.<policy>`` parameters (history,
+depth, reliability, durability; read-only, declared as a device's publishers are made)
+override it per topic. With ``use_sim_time``, ``stamp_source: receive`` stamps with sim
+time; capture stamps are the server host's wall clock whatever this node's clock.
+
 With ``kinect2_layout`` the node also publishes iai_kinect2's topics (``<base_name>/sd``,
 ``qhd``, ``hd``: registered depth and colour, point clouds, static TF), computed here
 while subscribed: :py:mod:`.kinect2_layout`. ``calib_path`` and ``camera_info_url`` give
@@ -36,6 +42,7 @@ calibration files for registration and for every CameraInfo.
 The streamkinect2 client runs on a tornado IOLoop thread, which also publishes the
 Images; the rclpy executor keeps the main thread (parameters, timers).
 """
+import os
 import sys
 import threading
 import time
@@ -43,6 +50,7 @@ import time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
+from rclpy.utilities import get_rmw_implementation_identifier
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from streamkinect2.client import STATS_WINDOW
 from streamkinect2.connection import ServerConnection
@@ -54,14 +62,17 @@ from .compressed_depth import CODECS, fill_compressed_depth_image, TRANSPORT
 from .conversions import (camera_info_fields, DEFAULT_COLOR_INTRINSICS,
                           DEFAULT_DEPTH_INTRINSICS, fill_camera_info, fill_compressed_image,
                           fill_image, frame_id_for, intrinsics_problems, sanitise_name)
+from .demo import config_path
 from .kinect2_layout import CalibrationSources, Kinect2Layout, LAYOUT_PARAMETERS
 from .params import declare_all, ParamSpec
-from .rosutil import LoopNode, run_node
+from .rosutil import (check_qos_overrides, create_overridable_publisher, LoopNode,
+                      run_node)
 
-__all__ = ['NODE_NAME', 'PARAMETERS', 'STREAMS', 'ClientNode', 'main', 'offered_streams']
+__all__ = ['FASTDDS_PROFILE', 'NODE_NAME', 'PARAMETERS', 'STREAMS', 'ClientNode',
+           'large_data_profile_env', 'main', 'offered_streams']
 
 NODE_NAME = 'streamkinect2_client'
-STAMP_SOURCES = ('capture', 'receive')
+STAMP_SOURCES = ('capture', 'capture_corrected', 'receive')
 RELIABILITIES = {'best_effort': ReliabilityPolicy.BEST_EFFORT,
                  'reliable': ReliabilityPolicy.RELIABLE}
 #: Per stream: the device record key of its camera's intrinsics and their defaults (IR
@@ -81,7 +92,7 @@ PARAMETERS = (
     ParamSpec('devices', [], 'Ids (or sanitised names) of the devices to publish; unset or '
               'empty: all', True),
     ParamSpec('streams', [], 'Streams to publish, of depth, ir and color (e.g. [depth]); '
-              'unset or empty: every stream the server offers', True),
+              'unset or empty: every stream the server offers', True, choices=STREAMS),
     ParamSpec('frame_id', 'kinect2_{device}_depth_optical_frame', 'Optical frame id of the '
               'depth and IR Images and CameraInfos; {device} is replaced by the sanitised '
               'device id (REP 103/105). Can be changed at runtime', False),
@@ -89,17 +100,25 @@ PARAMETERS = (
               'the colour Images, CompressedImages and CameraInfos; {device} as in frame_id. '
               'Can be changed at runtime', False),
     ParamSpec('stamp_source', 'capture', 'Header stamp: "capture" (host capture time '
-              'carried by the frame) or "receive" (time the client received it). Can be '
-              'changed at runtime', False),
+              'carried by the frame, on the server\'s clock), "capture_corrected" (that '
+              "time moved onto this host's clock by the estimated offset between the two "
+              'clocks; the receive time until there is an estimate) or "receive" (time the '
+              "client received it, on the node's clock: sim time with use_sim_time, when "
+              'the capture stamps stay wall time). Can be changed at runtime', False,
+              choices=STAMP_SOURCES),
     ParamSpec('compressed_depth_format', 'png', 'Codec of depth/image_raw/compressedDepth '
               '(image_transport compressed_depth): png (every distribution decodes it) or '
-              'rvl (smaller and cheaper; jazzy and later decode it)', True),
+              'rvl (smaller and cheaper; jazzy and later decode it)', True, choices=CODECS),
     ParamSpec('compressed_depth_png_level', -1, 'zlib level 0-9 of the compressedDepth PNG '
               "(as the plugin's png_level); -1: Huffman-only with the Paeth filter, about "
               'as small as level 6 for less than the cost of level 1', True, (-1, 9)),
     ParamSpec('qos_reliability', 'best_effort', 'Publisher reliability: best_effort (as '
-              'the sensor-data profile) or reliable', True),
-    ParamSpec('qos_depth', 5, 'Publisher history depth (keep last)', True, (1, 1000)),
+              'the sensor-data profile) or reliable; the default of every topic, which '
+              'qos_overrides./<topic>.publisher.reliability overrides', True,
+              choices=tuple(RELIABILITIES)),
+    ParamSpec('qos_depth', 5, 'Publisher history depth (keep last); the default of every '
+              'topic, which qos_overrides./<topic>.publisher.depth overrides', True,
+              (1, 1000)),
     ParamSpec('diagnostics_period', 1.0, 'Seconds between diagnostic_msgs/DiagnosticArray '
               'messages on /diagnostics (each device OK, WARN or ERROR); 0: none', True,
               (0.0, 3600.0)),
@@ -116,6 +135,15 @@ PARAMETERS = (
 ) + LAYOUT_PARAMETERS
 #: Seconds between two checks of the kinect2 layout's subscribers (streams it needs).
 _LAYOUT_POLL = 0.2
+#: The Fast DDS profile for large Images, in config/ (docs/ros.md, "Large images and DDS").
+FASTDDS_PROFILE = 'fastdds_large_data.xml'
+#: Variables by which a user chooses Fast DDS's configuration: the node then keeps it.
+_FASTDDS_CHOICES = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE',
+                    'FASTDDS_BUILTIN_TRANSPORTS', 'SKIP_DEFAULT_XML_FILE')
+#: Profile files Fast DDS (3, 2) loads from the working directory when no variable is set.
+_FASTDDS_CWD_PROFILES = ('DEFAULT_FASTDDS_PROFILES.xml', 'DEFAULT_FASTRTPS_PROFILES.xml')
+#: Distributions whose Fast DDS 2 reads FASTRTPS_DEFAULT_PROFILES_FILE (3 deprecates it).
+_FASTRTPS_DISTROS = ('humble', 'iron', 'jazzy')
 
 
 def offered_streams(record):
@@ -133,24 +161,30 @@ class _Stream(object):
     """The publishers and counters of one stream of a published device."""
 
     def __init__(self, node, name, stream):
-        """Create the publishers of *stream* for the device named *name*."""
+        """Create the publishers of *stream* for the device named *name*.
+
+        Each starts from ``node.qos`` (qos_reliability, qos_depth), overridden by the
+        topic's ``qos_overrides./<topic>.publisher.*`` parameters.
+        """
         self.stream = stream
-        self.image_pub = node.create_publisher(
-            Image, '{0}/{1}/image_raw'.format(name, stream), node.qos)
-        self.info_pub = node.create_publisher(
-            CameraInfo, '{0}/{1}/camera_info'.format(name, stream), node.qos)
+        self.image_pub = create_overridable_publisher(
+            node, Image, '{0}/{1}/image_raw'.format(name, stream), node.qos)
+        self.info_pub = create_overridable_publisher(
+            node, CameraInfo, '{0}/{1}/camera_info'.format(name, stream), node.qos)
         self.compressed_pub = None
         self.compressed_depth_pub = None
         if stream == 'depth':  # lossless, for bags: only encoded while subscribed
-            self.compressed_depth_pub = node.create_publisher(
-                CompressedImage, '{0}/{1}/image_raw/{2}'.format(name, stream, TRANSPORT),
-                node.qos)
+            self.compressed_depth_pub = create_overridable_publisher(
+                node, CompressedImage,
+                '{0}/{1}/image_raw/{2}'.format(name, stream, TRANSPORT), node.qos)
         if stream == 'color':
-            self.compressed_pub = node.create_publisher(
-                CompressedImage, '{0}/{1}/image_raw/compressed'.format(name, stream),
+            self.compressed_pub = create_overridable_publisher(
+                node, CompressedImage, '{0}/{1}/image_raw/compressed'.format(name, stream),
                 node.qos)
         self.camera_fields = None
-        self.published = 0         # frames published (any of the stream's topics)
+        self.received = 0          # frames of the stream the node was handed
+        self.published = 0         # of those, published on every topic that wanted them
+        self.dropped_in_node = 0   # of those, not (device not streaming, publishing failed)
         self.decoded = 0           # colour frames decoded for image_raw
         self.encoded = 0           # depth frames encoded for compressedDepth
         self.publish_failures = 0
@@ -191,8 +225,11 @@ class ClientNode(LoopNode):
         self._connection = None
         self._lock = threading.Lock()
         self._devices = {}
-        self.params = params = declare_all(self, PARAMETERS)
+        # Values out of range or not allowed are refused here; so are bad QoS overrides,
+        # which rclpy reads only as each device's publishers are made.
+        self.params = params = declare_all(self, PARAMETERS, on_set=self._on_set_parameters)
         self._check(params)
+        check_qos_overrides(self.given_parameters())
         self._curve = None
         if params['curve_secret_file'] or params['curve_server_key']:
             if not (params['curve_secret_file'] and params['curve_server_key']):
@@ -202,6 +239,7 @@ class ClientNode(LoopNode):
         self.frame_id = params['frame_id']
         self.color_frame_id = params['color_frame_id']
         self.stamp_source = params['stamp_source']
+        self._uncorrected_client = None  # the client last warned about (capture_corrected)
         self.compressed_depth_format = params['compressed_depth_format']
         level = params['compressed_depth_png_level']
         self.compressed_depth_png_level = None if level < 0 else level
@@ -217,13 +255,13 @@ class ClientNode(LoopNode):
         self._layout_poll = None
         if params['kinect2_layout']:
             self._layout = Kinect2Layout(self, params, self._calibrations, self.qos)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
         self._diag_pub = None
         if params['diagnostics_period'] > 0:
             self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
             self.create_timer(params['diagnostics_period'], self._publish_diagnostics)
         if params['log_period'] > 0:
             self.create_timer(params['log_period'], self._log_figures)
+        self._log_middleware()
         try:
             self.start_loop('streamkinect2-client-ioloop')
             self.loop.call(self._start_on_loop)
@@ -231,30 +269,28 @@ class ClientNode(LoopNode):
             self.close()
             raise
 
+    def _log_middleware(self):
+        """Log the Fast DDS profile in use: without one, large Images can get lost."""
+        if not get_rmw_implementation_identifier().startswith('rmw_fastrtps'):
+            return
+        profile = (os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE')
+                   or os.environ.get('FASTRTPS_DEFAULT_PROFILES_FILE'))
+        if profile:
+            self.get_logger().info('Fast DDS profile: {0}'.format(profile))
+        else:
+            self.get_logger().info("Fast DDS profile: none (Fast DDS's defaults: its 512 KiB "
+                                   'shared memory can lose Images to busy subscribers; see '
+                                   'config/{0})'.format(FASTDDS_PROFILE))
+
     # --- parameters ------------------------------------------------------------------
 
     @staticmethod
     def _check(params):
+        """Check what descriptors cannot say (ranges and allowed values: declare_all)."""
         problems = []
-        if params['stamp_source'] not in STAMP_SOURCES:
-            problems.append('stamp_source must be one of {0}'.format(STAMP_SOURCES))
         for name in ('frame_id', 'color_frame_id'):
             if not params[name]:
                 problems.append('{0} must not be empty'.format(name))
-        unknown = [stream for stream in params['streams'] if stream not in STREAMS]
-        if unknown:
-            problems.append('streams: {0} not among {1}'.format(
-                ', '.join(repr(stream) for stream in unknown), ', '.join(STREAMS)))
-        if params['compressed_depth_format'] not in CODECS:
-            problems.append('compressed_depth_format must be one of {0}'.format(
-                sorted(CODECS)))
-        if params['qos_reliability'] not in RELIABILITIES:
-            problems.append('qos_reliability must be one of {0}'.format(
-                sorted(RELIABILITIES)))
-        if params['qos_depth'] < 1:
-            problems.append('qos_depth must be at least 1')
-        if params['reconnect_period'] <= 0 or params['response_timeout'] <= 0:
-            problems.append('reconnect_period and response_timeout must be positive')
         endpoint = params['server_endpoint']
         if endpoint and not endpoint.startswith('tcp://'):
             problems.append('server_endpoint must look like tcp://host:port')
@@ -262,6 +298,7 @@ class ClientNode(LoopNode):
             raise ValueError('; '.join(problems))
 
     def _on_set_parameters(self, parameters):
+        # Called by declare_all's check, once the values are allowed (stamp_source's).
         changes = {}
         for parameter in parameters:
             if parameter.name in ('frame_id', 'color_frame_id'):
@@ -269,12 +306,7 @@ class ClientNode(LoopNode):
                     return SetParametersResult(
                         successful=False,
                         reason='{0} must be a non-empty string'.format(parameter.name))
-            elif parameter.name == 'stamp_source':
-                if parameter.value not in STAMP_SOURCES:
-                    return SetParametersResult(
-                        successful=False,
-                        reason='stamp_source must be one of {0}'.format(STAMP_SOURCES))
-            else:
+            elif parameter.name != 'stamp_source':
                 continue
             changes[parameter.name] = parameter.value
         # Plain attribute stores: the IOLoop thread reads them on the next frame.
@@ -469,12 +501,45 @@ class ClientNode(LoopNode):
             (device.enabled.add if stream in needed else device.enabled.discard)(stream)
 
     def _stamp_ns(self, frame):
-        """Return the header stamp of *frame*'s messages (``stamp_source``)."""
-        return frame.timestamp_ns if self.stamp_source == 'capture' else time.time_ns()
+        """Return the header stamp of *frame*'s messages (``stamp_source``).
+
+        ``capture_corrected`` moves the capture stamp onto this host's clock with the
+        library's estimate of the server's clock offset; without one yet (or from a
+        server that does not report its clock) it is the receive time, with a warning
+        once per connection.
+
+        ``receive`` is the node's clock (sim time with ``use_sim_time``); the capture
+        stamps, corrected or not, and their stand-in, are wall time.
+        """
+        source = self.stamp_source
+        if source == 'capture':
+            return frame.timestamp_ns
+        if source == 'receive':
+            return self.get_clock().now().nanoseconds
+        if source == 'capture_corrected':
+            client = self._connection.client if self._connection is not None else None
+            local = client.to_local_ns(frame.timestamp_ns) if client is not None else None
+            if local is not None:
+                return local
+            if client is not None and client is not self._uncorrected_client:
+                self._uncorrected_client = client
+                self.get_logger().warning(
+                    'stamp_source capture_corrected: no estimate of the clock offset of '
+                    'server {0!r} yet{1}; stamping with the receive time until there is '
+                    'one'.format(client.server_name, '' if client.clock.supported is not False
+                                 else ' (it does not report its clock)'))
+        return time.time_ns()
 
     def _on_frame(self, kinect_id, stream, frame):
         device = self._devices.get(kinect_id)
-        if device is None or not device.streaming:
+        if device is None:
+            return
+        published = device.streams.get(stream)
+        if published is not None:
+            published.received += 1
+        if not device.streaming:
+            if published is not None:
+                published.dropped_in_node += 1
             return
         if self._layout is not None:
             try:
@@ -485,14 +550,16 @@ class ClientNode(LoopNode):
                 self.get_logger().error('kinect2 layout: could not take a {0} frame of {1}: '
                                         '{2}: {3}'.format(stream, kinect_id,
                                                           type(err).__name__, err))
-        published = device.streams.get(stream)
         if published is None:
             return
+        count = published.published
         try:
             self._publish(device, published, frame)
         except Exception as err:
             if not self.context.ok():  # shutting down: nothing to publish to
                 return
+            if published.published == count:
+                published.dropped_in_node += 1
             self._publish_failed(device, published, err)
 
     def _camera_fields(self, device, published, width, height):
@@ -539,7 +606,6 @@ class ClientNode(LoopNode):
             published.compressed_pub.publish(fill_compressed_image(
                 CompressedImage(), frame.jpeg, frame_id, stamp_ns))
         published.info_pub.publish(info)
-        published.published += 1
         if published.image_pub.get_subscription_count() > 0:
             # Decoding only for a subscriber. The client checked the JPEG's header and
             # end; damage in between shows here (ValueError), and only this Image is lost.
@@ -550,6 +616,7 @@ class ClientNode(LoopNode):
                                  'claims'.format(pixels.shape[1], pixels.shape[0], width,
                                                  height))
             published.image_pub.publish(fill_image(Image(), pixels, frame_id, stamp_ns))
+        published.published += 1
 
     def _publish_failed(self, device, published, err):
         now = time.monotonic()
@@ -575,9 +642,12 @@ class ClientNode(LoopNode):
 
         Each device's dict has ``name``, ``streaming``, ``publish_failing``,
         ``last_error`` and ``streams``: ``{stream: dict}`` of rate, latency and counters.
-        Rate, latency, received, invalid and dropped are the library's (the connection's
-        per-stream :py:class:`~streamkinect2.client.FrameStats`); ``published`` (and, for
-        colour, ``decoded``) are the node's.
+        Rate, latency, invalid and ``dropped`` (lost between the server and this node:
+        missing sequence numbers) are the library's (the connection's per-stream
+        :py:class:`~streamkinect2.client.FrameStats`). The node's, since it started:
+        ``received`` (frames it was handed), of which ``published`` (on every topic that
+        wanted them) and ``dropped_in_node`` (not: the device was not streaming, or
+        publishing failed); and ``decoded`` (colour), ``encoded`` (compressedDepth).
         """
         connection = self._connection
         now = time.monotonic()
@@ -596,9 +666,10 @@ class ClientNode(LoopNode):
                                        if stats is not None else float('nan')),
                     'latency_p99_ms': (stats.latency_percentile(0.99, period) * 1e3
                                        if stats is not None else float('nan')),
-                    'received': stats.received if stats is not None else 0,
+                    'received': published.received,
                     'invalid': stats.invalid if stats is not None else 0,
                     'dropped': stats.dropped if stats is not None else 0,
+                    'dropped_in_node': published.dropped_in_node,
                     'published': published.published,
                     'decoded': published.decoded,
                     'encoded': published.encoded,
@@ -631,20 +702,58 @@ class ClientNode(LoopNode):
         connection = self._connection
         return connection.server_name if connection is not None else None
 
+    def clock_figures(self):
+        """Return the library's estimate of the server's clock offset, or None.
+
+        A dict (:py:meth:`streamkinect2.clock.ClockOffsetEstimator.as_dict`: offset,
+        round trip and uncertainty in ns, samples, ...) while connected.
+        """
+        connection = self._connection
+        client = connection.client if connection is not None else None
+        return client.clock.as_dict() if client is not None else None
+
+    @staticmethod
+    def _clock_values(clock):
+        """Return the /diagnostics KeyValues of the clock estimate *clock* (a dict)."""
+        def ms(key):
+            value = clock[key]
+            return 'unknown' if value is None else '{0:.3f}'.format(value * 1e-6)
+        state = {True: 'estimated', False: 'not reported by the server'}.get(
+            clock['supported'], 'estimating')
+        return [KeyValue(key=key, value=value) for key, value in (
+            ('clock', state), ('clock_offset_ms', ms('offset_ns')),
+            ('clock_round_trip_ms', ms('round_trip_ns')),
+            ('clock_uncertainty_ms', ms('uncertainty_ns')),
+            ('clock_samples', str(clock['samples'])),
+            ('clock_rejected', str(clock['rejected'])))]
+
     def _log_figures(self):
         period = min(self.params['log_period'], STATS_WINDOW)
         server = self.connected_server
         if server is None:
             self.get_logger().info('No server connected')
             return
+        clock = self.clock_figures()
+        if clock is not None and clock['offset_ns'] is not None:
+            self.get_logger().info(
+                "Server {0!r} clock: {1:+.3f} ms from this host's, round trip {2:.3f} ms, "
+                'uncertainty {3:.3f} ms ({4} samples, {5} rejected)'.format(
+                    server, clock['offset_ns'] * 1e-6, clock['round_trip_ns'] * 1e-6,
+                    clock['uncertainty_ns'] * 1e-6, clock['samples'], clock['rejected']))
+        elif clock is not None:
+            self.get_logger().info('Server {0!r} clock: no estimate{1}'.format(
+                server, ' (it does not report its clock)' if clock['supported'] is False
+                else ''))
         for kinect_id, device in sorted(self.figures(period).items()):
             for stream, fig in device['streams'].items():
                 self.get_logger().info(
                     '{0} {1}: {2:.1f} Images/s, latency p50 {3:.1f} ms p99 {4:.1f} ms, '
-                    '{5} published, {6} dropped, {7} invalid{8}'.format(
+                    '{5} received ({6} lost before, {7} invalid), {8} dropped in the node, '
+                    '{9} published{10}'.format(
                         kinect_id, stream, fig['rate'], fig['latency_p50_ms'],
-                        fig['latency_p99_ms'], fig['published'], fig['dropped'],
-                        fig['invalid'], ', STALLED' if fig['stalled'] else ''))
+                        fig['latency_p99_ms'], fig['received'], fig['dropped'],
+                        fig['invalid'], fig['dropped_in_node'], fig['published'],
+                        ', STALLED' if fig['stalled'] else ''))
             layout = device['kinect2']
             if layout is not None:
                 self.get_logger().info(
@@ -678,8 +787,9 @@ class ClientNode(LoopNode):
             ('latency_p50_ms', '{0:.2f}'.format(fig['latency_p50_ms'])),
             ('latency_p99_ms', '{0:.2f}'.format(fig['latency_p99_ms'])),
             ('received', str(fig['received'])),
-            ('published', str(fig['published'])),
             ('dropped', str(fig['dropped'])),
+            ('dropped_in_node', str(fig['dropped_in_node'])),
+            ('published', str(fig['published'])),
             ('invalid', str(fig['invalid'])),
         ]
         if stream == 'color':
@@ -703,6 +813,13 @@ class ClientNode(LoopNode):
         else:
             status.level = DiagnosticStatus.OK
             status.message = 'connected to {0}'.format(server)
+            clock = self.clock_figures()
+            if clock is not None:
+                status.values = self._clock_values(clock)
+                if self.stamp_source == 'capture_corrected' and clock['supported'] is False:
+                    status.level = DiagnosticStatus.WARN
+                    status.message += (': it does not report its clock, stamps are receive '
+                                       'times')
         msg.status.append(status)
         for kinect_id, device in sorted(self.figures(period).items()):
             status = DiagnosticStatus(name='{0}: {1}'.format(self.get_name(), kinect_id),
@@ -736,8 +853,37 @@ class ClientNode(LoopNode):
             self._layout.close()  # the workers stop before the publishers go
 
 
+def large_data_profile_env(environ=None, cwd=None):
+    """Return the variables giving Fast DDS the shipped profile for large Images.
+
+    ``{'FASTDDS_DEFAULT_PROFILES_FILE': <config/fastdds_large_data.xml>}``
+    (``FASTRTPS_DEFAULT_PROFILES_FILE`` for the Fast DDS 2 of humble, iron and jazzy), or
+    ``{}`` when *environ* (default: this process's) already chooses Fast DDS's
+    configuration (a profile file, ``FASTDDS_BUILTIN_TRANSPORTS``,
+    ``SKIP_DEFAULT_XML_FILE``) or the working directory *cwd* holds the profile file
+    Fast DDS loads by itself. Why: docs/ros.md, "Large images and DDS".
+    """
+    environ = os.environ if environ is None else environ
+    cwd = os.getcwd() if cwd is None else cwd
+    if any(name in environ for name in _FASTDDS_CHOICES) or any(
+            os.path.exists(os.path.join(cwd, name)) for name in _FASTDDS_CWD_PROFILES):
+        return {}
+    try:
+        path = config_path(FASTDDS_PROFILE)
+    except FileNotFoundError:  # an installation without it: Fast DDS's defaults
+        return {}
+    variable = ('FASTRTPS_DEFAULT_PROFILES_FILE' if environ.get('ROS_DISTRO') in
+                _FASTRTPS_DISTROS else 'FASTDDS_DEFAULT_PROFILES_FILE')
+    return {variable: path}
+
+
 def main(args=None):
-    """Run the client node until shutdown; return the exit status."""
+    """Run the client node until shutdown; return the exit status.
+
+    Unless Fast DDS is configured otherwise, the node's participant takes the shipped
+    profile for large Images (:py:func:`large_data_profile_env`); the node logs which.
+    """
+    os.environ.update(large_data_profile_env())
     return run_node(ClientNode, args=args)
 
 

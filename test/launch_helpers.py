@@ -93,9 +93,9 @@ def make_overlay(root):
     open(os.path.join(index, PACKAGE), 'w').close()
     # File by file, as setup.py installs them (ros2 launch does not follow a linked
     # directory when it looks for a launch file).
-    for folder, suffix in (('launch', '.launch.py'), ('config', '.yaml')):
+    for folder, suffixes in (('launch', ('.launch.py',)), ('config', ('.yaml', '.xml'))):
         for name in os.listdir(os.path.join(REPO, folder)):
-            if name.endswith(suffix):
+            if name.endswith(suffixes):
                 os.symlink(os.path.join(REPO, folder, name), os.path.join(share, folder, name))
     os.symlink(os.path.join(REPO, 'package.xml'), os.path.join(share, 'package.xml'))
     for executable, module in EXECUTABLES.items():

@@ -358,9 +358,10 @@ def test_a_removed_device_releases_the_publishers_of_every_stream():
             start_client(namespace, server_endpoint=fake.endpoint) as client:
         base = '{0}/{1}/'.format(namespace, device)
         every = {base + topic for topic in (
-            'depth/image_raw', 'depth/camera_info', 'ir/image_raw', 'ir/camera_info',
-            'color/image_raw', 'color/image_raw/compressed', 'color/camera_info')}
-        sub.spin_until(lambda: device_topics(sub) == every, 30.0, 'the seven topics')
+            'depth/image_raw', 'depth/image_raw/compressedDepth', 'depth/camera_info',
+            'ir/image_raw', 'ir/camera_info', 'color/image_raw',
+            'color/image_raw/compressed', 'color/camera_info')}
+        sub.spin_until(lambda: device_topics(sub) == every, 30.0, 'the eight topics')
         fake.set_devices([])
         sub.spin_until(lambda: not device_topics(sub), 20.0, 'every topic released')
         client.wait_for_output('was removed from the server', 5.0)
@@ -459,7 +460,7 @@ def test_an_unknown_stream_stops_the_node_at_start():
                       streams='[depth, rgb]') as client:
         client.proc.wait(30.0)
         assert client.proc.returncode != 0
-        assert "streams: 'rgb' not among depth, ir, color" in client.output()
+        assert "streams: 'rgb' is not one of: depth, ir, color" in client.output()
 
 
 @pytest.mark.parametrize('resolution,size', [('hd', (1920, 1080)), ('qhd', (960, 540))])
