@@ -28,6 +28,9 @@ from streamkinect2_ros import client_node  # noqa: E402
 from test_ros_streams import start_client, StreamServer  # noqa: E402
 
 PROFILE = os.path.join(ros_helpers.CONFIG, client_node.FASTDDS_PROFILE)
+#: The profile the node takes: the installed one (a colcon workspace's share directory)
+#: or, from the source tree, PROFILE.
+USED = client_node.config_path(client_node.FASTDDS_PROFILE)
 NAMESPACE = '{http://www.eprosima.com}'
 #: The segment Fast DDS maps in a participant's process: /dev/shm/fastdds_<16 hex digits>.
 SEGMENT = re.compile(r'\s/dev/shm/fastdds_[0-9a-f]{16}$')
@@ -93,10 +96,12 @@ def test_the_profile_is_installed_with_the_package():
 
 
 def test_the_user_choice_of_fastdds_configuration_is_kept(tmp_path):
-    shipped = {'FASTDDS_DEFAULT_PROFILES_FILE': PROFILE}
+    with open(USED, 'rb') as used, open(PROFILE, 'rb') as source:
+        assert used.read() == source.read()  # the installed file is the shipped one
+    shipped = {'FASTDDS_DEFAULT_PROFILES_FILE': USED}
     assert client_node.large_data_profile_env({}, str(tmp_path)) == shipped
     assert client_node.large_data_profile_env({'ROS_DISTRO': 'jazzy'}, str(tmp_path)) == {
-        'FASTRTPS_DEFAULT_PROFILES_FILE': PROFILE}
+        'FASTRTPS_DEFAULT_PROFILES_FILE': USED}
     for name in ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE',
                  'FASTDDS_BUILTIN_TRANSPORTS', 'SKIP_DEFAULT_XML_FILE'):
         assert client_node.large_data_profile_env({name: 'x'}, str(tmp_path)) == {}
@@ -142,7 +147,7 @@ def test_the_client_node_takes_the_shipped_profile_unless_fastdds_is_configured(
             node.wait_for_output("Fast DDS profile: none (Fast DDS's defaults", 30.0)
         else:
             assert size >= shm_segment_size(profile_tree()), size
-            node.wait_for_output('Fast DDS profile: {0}'.format(PROFILE), 30.0)
+            node.wait_for_output('Fast DDS profile: {0}'.format(USED), 30.0)
 
 
 class GappyServer(StreamServer):
