@@ -62,7 +62,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
 from streamkinect2_ros.client_node import FASTDDS_PROFILE  # noqa: E402
-from streamkinect2_ros.demo import config_path, percentile  # noqa: E402
+from streamkinect2_ros.demo import config_path, percentile, stop_processes  # noqa: E402
 
 STREAMS = ('depth', 'ir', 'color')
 DATA = os.path.join(REPO, '..', 'shared', 'data')
@@ -431,15 +431,7 @@ class Run(object):
             self._node.destroy_node()
             self._context.try_shutdown()
             self._node = None
-        for proc in self.processes.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        for proc in self.processes.values():
-            try:
-                proc.wait(15.0)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5.0)
+        stop_processes(self.processes, 15.0)
         for _, log in self._logs:
             log.close()
         return result

@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 
-__all__ = ['Pipeline', 'config_path', 'main', 'percentile']
+__all__ = ['Pipeline', 'config_path', 'main', 'percentile', 'stop_processes']
 
 PACKAGE = 'streamkinect2_ros'
 
@@ -155,18 +155,27 @@ class Pipeline(object):
             self._node.destroy_node()
             self._context.try_shutdown()
             self._node = None
-        for proc in self.processes.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + timeout
-        status = {}
-        for role, proc in self.processes.items():
-            try:
-                status[role] = proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                status[role] = proc.wait(5.0)
-        return status
+        return stop_processes(self.processes, timeout)
+
+
+def stop_processes(processes, timeout=10.0):
+    """Stop the node processes of *processes* (``{role: Popen}``); return their statuses.
+
+    SIGINT to each still running (a node's clean shutdown), then a wait of at most
+    *timeout* s for all of them; one still running after that is killed.
+    """
+    for proc in processes.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    status = {}
+    for role, proc in processes.items():
+        try:
+            status[role] = proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            status[role] = proc.wait(5.0)
+    return status
 
 
 def _parser():
