@@ -43,18 +43,17 @@ setup(
         'zeroconf>=0.131',
         'blinker>=1.6',
         'zstandard>=0.22',
-        # Colour: JPEG through libjpeg-turbo, and the 2 x 2 box mean of the qhd mode
-        # (chosen by measurement: bench/bench_streams.py).
+        # Colour: JPEG through libjpeg-turbo (chosen by measurement: bench/bench_streams.py).
         'simplejpeg>=1.9',
-        'Pillow>=7',
-        # Registration, undistortion and point clouds on the receiving machine.
+        # The qhd colour mode's 2 x 2 box mean; registration, undistortion and point
+        # clouds on the receiving machine.
         'opencv-python-headless>=4.5',
     ],
     extras_require={
         'ros': ROS_WHEELS,
         # pytest < 9: launch_testing's pytest plugin (a ROS 2 distribution's, or the
         # wheels ./dev.sh installs) fails every pytest run under pytest 9.
-        'test': ['pytest>=7,<9', 'PyYAML', 'hypothesis>=6', 'psutil>=5', 'flake8',
+        'test': ['pytest>=7,<9', 'PyYAML', 'Pillow>=7', 'hypothesis>=6', 'psutil>=5', 'flake8',
                  'pydocstyle', 'mypy>=1.5'],
         'bench': ['lz4>=4', 'Pillow', 'psutil>=5'],
         # colcon and the ament linters (with the flake8 plugins ament_flake8 uses on a ROS

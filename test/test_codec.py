@@ -5,7 +5,7 @@ import threading
 import time
 import tracemalloc
 
-from hypothesis import given, HealthCheck, settings, strategies as st
+from hypothesis import assume, given, HealthCheck, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 import numpy as np
 import pytest
@@ -261,3 +261,35 @@ def test_decompression_bomb(declare_right_size):
         tracemalloc.stop()
     assert elapsed < 1.0
     assert peak < 4 * size
+
+
+def _box_mean(pixels):
+    """Return the 2 x 2 box mean of *pixels*, rounded half up, odd edges left out."""
+    height, width = pixels.shape[0] // 2 * 2, pixels.shape[1] // 2 * 2
+    block = pixels[:height, :width].astype(np.uint16)
+    total = block[0::2, 0::2] + block[1::2, 0::2] + block[0::2, 1::2] + block[1::2, 1::2]
+    return ((total + 2) >> 2).astype(np.uint8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(hnp.arrays(np.uint8, st.tuples(st.integers(2, 41), st.integers(2, 41),
+                                      st.sampled_from([3, 4]))),
+       st.integers(0, 1), st.integers(0, 1))
+def test_halve_bgrx_is_the_rounded_box_mean_of_any_image_and_view(pixels, top, left):
+    """The qhd downscale is the exact 2 x 2 mean, for odd sizes and strided views too."""
+    view = pixels[top:, left:]
+    assume(view.shape[0] >= 2 and view.shape[1] >= 2)
+    halved = codec.halve_bgrx(view)
+    assert halved.dtype == np.uint8
+    assert halved.shape == (view.shape[0] // 2, view.shape[1] // 2, view.shape[2])
+    np.testing.assert_array_equal(halved, _box_mean(view))
+
+
+def test_halve_bgrx_of_a_real_sized_frame_and_bad_input():
+    """A 1920 x 1080 BGRX frame becomes 960 x 540; what cannot be halved says why."""
+    pixels = np.random.default_rng(5).integers(0, 256, (1080, 1920, 4), np.uint8)
+    np.testing.assert_array_equal(codec.halve_bgrx(pixels), _box_mean(pixels))
+    for bad in (np.zeros((1, 8, 4), np.uint8), np.zeros((8, 8), np.uint8),
+                np.zeros((8, 8, 4), np.uint16), np.zeros((8, 8, 2), np.uint8)):
+        with pytest.raises(ValueError):
+            codec.halve_bgrx(bad)
