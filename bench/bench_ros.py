@@ -23,7 +23,9 @@ reports through the ``message_lost`` event).
 Printed: per topic, Images sent, published, received and lost; Images/s delivered and the
 capture -> subscriber latency p50 / p99 over the measured window (after ``--warmup``); CPU
 time per Image (per capture with several streams) of the server node, the client node and
-the subscriber process (psutil: user + system over the window).
+the subscriber process (psutil: user + system over the window); each process's RSS at the
+start and the end of the window (its growth: a long ``--duration`` is the ROS soak; the bench
+subscriber keeps a record of every Image, about 140 bytes each).
 
 Subscribers: ``bench`` (default) takes the topics in this process on one node spun with
 ``spin_once``; ``ros`` runs a subscriber written the way ROS users write one (one node, one
@@ -381,11 +383,13 @@ class Run(object):
         self.spin(args.warmup)
         cpu0 = {role: cpu_seconds(p) for role, p in procs.items()}
         threads0 = {role: thread_seconds(p) for role, p in procs.items()}
+        rss0 = {role: p.memory_info().rss for role, p in procs.items()}
         window = [time.time_ns(), None]
         self.spin(args.duration)
         window[1] = time.time_ns()
         cpu = {role: cpu_seconds(p) - cpu0[role] for role, p in procs.items()}
         threads = {role: thread_seconds(p) - threads0[role] for role, p in procs.items()}
+        rss = {role: (rss0[role], p.memory_info().rss) for role, p in procs.items()}
         load = os.getloadavg()[0]
         # The last captures; then until the client node's counters stop moving (a
         # pipeline that fell behind drains its queues), and a second for the subscriber.
@@ -404,7 +408,8 @@ class Run(object):
                 break
             previous = current
         self.spin(1.0)
-        return {'window_ns': window, 'cpu': cpu, 'threads': threads, 'load': load}
+        return {'window_ns': window, 'cpu': cpu, 'threads': threads, 'load': load,
+                'rss': rss}
 
     def stop(self):
         """Stop everything; return the subscriber's records and DDS losses."""
@@ -456,7 +461,7 @@ def figures(args, run, measured, subscribed):
     period_s = end_ns * 1e-9 - start_ns * 1e-9
     counters = run.counters
     result = {'topics': {}, 'cpu': measured['cpu'], 'threads': measured['threads'],
-              'load': measured['load'],
+              'load': measured['load'], 'rss': measured['rss'],
               'window_s': period_s, 'sent_per_device': run.budget}
     # Depth, capture -> client node: its 1 s windows within the measured window.
     inside = [(p50, p99) for t, _, p50, p99 in run.latencies
@@ -549,6 +554,10 @@ def print_run(args, result, label=''):
         role, cpu[role] / count * 1e3, cpu[role] / window * 100)
         for role in ('server', 'client', 'subscriber')]
     print('  CPU per {0}: {1}'.format(unit, ', '.join(shares)))
+    print('  RSS over the measured window: {0}'.format(', '.join(
+        '{0} {1:.1f} -> {2:.1f} MiB ({3:+.1f})'.format(
+            role, before / 2 ** 20, after / 2 ** 20, (after - before) / 2 ** 20)
+        for role, (before, after) in result['rss'].items())))
     if args.threads:
         for role in ('server', 'client', 'subscriber'):
             print('    {0} threads, CPU ms per {1}: {2}'.format(role, unit, ', '.join(
