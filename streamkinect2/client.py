@@ -930,7 +930,8 @@ class Client(object):
 
         Nothing is decoded: the header must say colour and JPEG, of at most
         ``max_color_pixels``; the payload must be a complete JPEG (an end-of-image marker
-        at its end) whose own header gives the frame header's size. Raises
+        at its end) whose own header gives the frame header's size, baseline, 8-bit and of
+        one scan (:py:func:`~streamkinect2.codec.check_jpeg`: decoded in one pass). Raises
         :py:class:`ProtocolError` otherwise.
         """
         header, payload = decode_frame_message(frames, self.max_color_pixels)

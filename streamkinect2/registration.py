@@ -43,6 +43,7 @@ Images are in kinect2_bridge's orientation (not mirrored). Everything is numpy a
 float32, with per-pixel tables computed once per camera; a ``Registration`` may be used
 from several threads at once.
 """
+import collections
 import math
 import threading
 from typing import Any, Dict, Optional, Tuple
@@ -65,6 +66,11 @@ _ZERO = np.zeros(1, np.uint16)
 #: more than the arithmetic. Smaller ones (sd, qhd) are fresh arrays: the allocator
 #: hands back the blocks just freed, still in the cache, which is faster than reuse.
 _REUSE_BYTES = 2 << 20
+#: Colour rectification maps a Registration keeps, one per (colour frame size, output
+#: camera), the least recently used dropped first: a stream's frames have one size and
+#: go to qhd and hd, and a size may change once (a server switching hd and qhd).
+#: Frames of ever new sizes cost a map each time instead of memory without bound.
+RECT_MAPS_KEPT = 4
 _local = threading.local()
 
 
@@ -257,7 +263,8 @@ class Registration(object):
     *calibration* is a :py:class:`~.calibration.Calibration`; *color_size* the (width,
     height) of the colour frames expected (1920 x 1080, or 960 x 540 when the server
     halves them). Any colour size with the colour camera's aspect is taken; the tables of
-    a size are built the first time it is seen.
+    a size are built the first time it is seen, and those of the last few sizes kept
+    (:py:data:`RECT_MAPS_KEPT`), so that frames of ever new sizes cost time, not memory.
 
     ``sd``, ``qhd`` and ``hd`` are the :py:class:`~.calibration.CameraModel` of the
     outputs, rectified (zero distortion): the IR camera's K at 512 x 424, the colour
@@ -284,6 +291,9 @@ class Registration(object):
         self._factory: Any = factory() if factory is not None else None
         self._lock = threading.Lock()
         self._tables: Dict[Tuple[Any, ...], Any] = {}
+        # Colour rectification maps by (frame size, camera): the last RECT_MAPS_KEPT.
+        self._rect_tables: 'collections.OrderedDict[Tuple[Any, ...], Any]' = \
+            collections.OrderedDict()
         # depth + shift where there is a reading, rounded, saturated to 1..65535 mm.
         lut = np.arange(65536, dtype=np.float64) + float(calibration.depth_shift_mm or 0.0)
         self._shift_lut = np.clip(np.rint(lut), 1, 65535).astype(np.uint16)
@@ -389,13 +399,23 @@ class Registration(object):
         return width, height
 
     def _rect_maps(self, size: Tuple[int, int], camera: Any) -> Tuple[npt.NDArray[Any], ...]:
-        def build() -> Tuple[npt.NDArray[Any], ...]:
-            map1, map2 = cv2.initUndistortRectifyMap(
-                self._color_k(size), np.asarray(self._color.D, dtype=np.float64), None,
-                np.asarray(camera.K, dtype=np.float64),
-                (int(camera.width), int(camera.height)), cv2.CV_16SC2)
-            return map1, map2
-        return self._table(('rect',) + tuple(size) + _camera_key(camera), build)  # type: ignore
+        """Return the maps rectifying colour frames of *size* onto *camera* (kept: LRU).
+
+        Frame sizes come from the network: only the maps of the last
+        :py:data:`RECT_MAPS_KEPT` (size, camera) pairs are kept (12 MiB each at hd).
+        """
+        key = tuple(size) + _camera_key(camera)
+        with self._lock:
+            maps = self._rect_tables.get(key)
+            if maps is None:
+                maps = self._rect_tables[key] = cv2.initUndistortRectifyMap(
+                    self._color_k(size), np.asarray(self._color.D, dtype=np.float64), None,
+                    np.asarray(camera.K, dtype=np.float64),
+                    (int(camera.width), int(camera.height)), cv2.CV_16SC2)
+                while len(self._rect_tables) > RECT_MAPS_KEPT:
+                    self._rect_tables.popitem(last=False)
+            self._rect_tables.move_to_end(key)
+        return tuple(maps)
 
     def _camera_rays(self, camera: Any) -> Tuple[npt.NDArray[np.float32],
                                                  npt.NDArray[np.float32]]:

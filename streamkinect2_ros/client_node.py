@@ -567,6 +567,7 @@ class ClientNode(LoopNode):
         fields = published.camera_fields
         if fields is not None and fields['width'] == width and fields['height'] == height:
             return fields
+        first = fields is None  # since the record came (a new size: not a new record)
         fields = self._calibrations.camera_fields(device.kinect_id, published.stream, width,
                                                   height)
         if fields is not None:  # the user's calibration (calib_path, camera_info_url)
@@ -576,7 +577,7 @@ class ClientNode(LoopNode):
         intrinsics = (device.record or {}).get(key)
         fields = camera_info_fields(width, height, intrinsics, defaults)
         problems = intrinsics_problems(intrinsics, width, height, defaults)
-        if problems:  # once per record: the fields are kept until the size changes
+        if problems and first:  # once per record, whatever sizes the frames come in
             self.get_logger().warning(
                 "Device {0}: the server's {1} record is not usable ({2}); {3} CameraInfo "
                 'carries the default Kinect v2 intrinsics'.format(

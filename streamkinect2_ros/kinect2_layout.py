@@ -30,7 +30,11 @@ publish them). The work runs on one worker thread per device, never on the IOLoo
 thread that receives the frames: a slot per kind of work (depth, IR, colour) holds the
 latest capture; one replaced before the worker got to it is counted as skipped.
 Colour-and-depth outputs (``sd/image_color_rect``, ``points``) are made only from a
-colour frame paired with the depth capture it carries the sequence of.
+colour frame paired with the depth capture it carries the sequence of. Colour is taken
+at the calibration's size (hd, 1920 x 1080) or half of it (qhd), as a server sends it;
+a frame of another size is refused before it is decoded (``color_refused``, an error
+logged at most every 5 s) and the depth outputs go on. A frame that does not decode
+(damaged scan data) is a lost capture (``failures``, logged alike).
 
 The calibration is the device's own (factory values from its ``me`` record) unless
 ``calib_path`` names iai_kinect2 calibration files or ``camera_info_url`` a
@@ -401,6 +405,13 @@ class DeviceLayout(object):
         self.counts = collections.Counter()        # outputs published, work done
         self.unmatched = 0
         self._error_logged_at = None
+        color = calibration.color
+        #: The colour frame sizes taken: the calibration's (hd) and its half (qhd), those a
+        #: server sends; frames of another size are refused before decoding (counted).
+        self.color_sizes = ((int(color.width), int(color.height)),
+                            (int(color.width) // 2, int(color.height) // 2))
+        self.refused_color = 0
+        self._refused_logged_at = None
         self._worker = _Worker('kinect2-layout-' + sanitise_name(kinect_id), self._process,
                                self._failed)
 
@@ -459,6 +470,9 @@ class DeviceLayout(object):
                 outputs = wanted & {'sd/image_ir_rect', 'sd/camera_info'}
                 self._worker.submit('ir', (frame, stamp_ns, outputs))
         elif stream == 'color':
+            if tuple(frame.shape) not in self.color_sizes:
+                self._refuse_color(frame)
+                return
             depth = None
             if frame.paired:
                 depth = self._depths.get(frame.sequence)
@@ -471,6 +485,20 @@ class DeviceLayout(object):
                         self._queue_color(color, color_stamp, wanted, None)
                     return
             self._queue_color(frame, stamp_ns, wanted, depth)
+
+    def _refuse_color(self, frame):
+        """Count a colour frame of a size the calibration does not describe; say so at times."""
+        self.refused_color += 1
+        now = time.monotonic()
+        if self._refused_logged_at is None or now - self._refused_logged_at > _LOG_EVERY:
+            self._refused_logged_at = now
+            (hd_width, hd_height), (qhd_width, qhd_height) = self.color_sizes
+            self.node.get_logger().error(
+                'kinect2 layout of device {0}: colour frames of {1}x{2} refused ({3} so far): '
+                'its colour camera is calibrated at {4}x{5}, and the layout takes frames of '
+                '{4}x{5} (hd) or {6}x{7} (qhd) alone'.format(
+                    self.kinect_id, frame.shape[0], frame.shape[1], self.refused_color,
+                    hd_width, hd_height, qhd_width, qhd_height))
 
     def reset(self):
         """Forget the captures kept for matching (a new connection, a restarted device)."""
@@ -504,7 +532,8 @@ class DeviceLayout(object):
         figures = {'base': self.base, 'calibration': self.calibration.source,
                    'jobs': sum(worker.processed.values()),
                    'skipped': sum(worker.skipped.values()),
-                   'unmatched_color': self.unmatched, 'failures': worker.failures}
+                   'unmatched_color': self.unmatched, 'color_refused': self.refused_color,
+                   'failures': worker.failures}
         figures.update({'{0}_jobs'.format(kind): worker.processed[kind]
                         for kind in _Worker.KINDS})
         figures.update({'{0}_skipped'.format(kind): worker.skipped[kind]

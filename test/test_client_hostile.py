@@ -5,6 +5,7 @@
 when asked for), served on a thread of its own. The other client test modules import it.
 """
 import functools
+import io
 import json
 import logging
 import os
@@ -60,13 +61,17 @@ def ir_parts(sequence):
     return [bytes(part) for part in FrameMessage.build(header, codec.encode(pixels)).parts]
 
 
+def color_card(width=960, height=540):
+    """Return a deterministic (height, width, 3) BGR uint8 test card."""
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([(x * 255 // width), (y * 255 // height), ((x ^ y) & 0xFF)],
+                    axis=2).astype(np.uint8)
+
+
 @functools.lru_cache(maxsize=4)
 def color_jpeg(width=960, height=540):
     """Return a JPEG of a deterministic BGR test card of *width* x *height*."""
-    y, x = np.mgrid[0:height, 0:width]
-    pixels = np.stack([(x * 255 // width), (y * 255 // height), ((x ^ y) & 0xFF)],
-                      axis=2).astype(np.uint8)
-    return codec.encode_jpeg(pixels, 80)
+    return codec.encode_jpeg(color_card(width, height), 80)
 
 
 def color_header(sequence, width=960, height=540, stream='color', paired=True,
@@ -476,3 +481,237 @@ def test_a_stream_that_stops_while_the_server_answers_is_reported(caplog):
     run_async(main())
     warnings = [r for r in caplog.records if 'No depth frames' in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+
+
+# --- colour: what a JPEG's header must tell before anything is decoded --------------
+
+def jpeg_segments(jpeg):
+    """Return the segments of *jpeg* as ``(marker, start, end)``, SOI and EOI included.
+
+    A scan's segment is its header and its entropy-coded data (up to the next marker
+    that is not a restart marker).
+    """
+    segments = [(0xD8, 0, 2)]
+    at = 2
+    while at < len(jpeg):
+        marker = jpeg[at + 1]
+        if marker == 0xD9:
+            segments.append((marker, at, at + 2))
+            break
+        end = at + 2 + int.from_bytes(jpeg[at + 2:at + 4], 'big')
+        if marker == 0xDA:
+            end = jpeg.index(b'\xff', end)
+            while jpeg[end + 1] == 0 or 0xD0 <= jpeg[end + 1] <= 0xD7:
+                end = jpeg.index(b'\xff', end + 2)
+        segments.append((marker, at, end))
+        at = end
+    return segments
+
+
+def _first(jpeg, marker):
+    return next(start for m, start, _ in jpeg_segments(jpeg) if m == marker)
+
+
+def with_frame(jpeg, marker, precision=8):
+    """Return baseline *jpeg* with another start-of-frame *marker* and sample *precision*."""
+    at = _first(jpeg, 0xC0)
+    return (jpeg[:at + 1] + bytes([marker]) + jpeg[at + 2:at + 4] + bytes([precision])
+            + jpeg[at + 5:])
+
+
+def with_scan_of_one_component(jpeg):
+    """Return *jpeg* (three components, one scan) whose scan names its first component only.
+
+    A sequential JPEG may carry its components in scans of their own; a decoder then
+    keeps the whole image and works through every scan.
+    """
+    at = _first(jpeg, 0xDA)
+    end = at + 2 + int.from_bytes(jpeg[at + 2:at + 4], 'big')
+    assert jpeg[at + 4] == 3
+    return jpeg[:at] + b'\xff\xda\x00\x08\x01' + jpeg[at + 5:at + 7] + jpeg[end - 3:]
+
+
+def pillow_jpeg(mode='RGB', width=960, height=540, **options):
+    """Return the test card as Pillow saves it in *mode* (``L``, ``CMYK``...) as JPEG."""
+    from PIL import Image
+    out = io.BytesIO()
+    Image.fromarray(color_card(width, height)[:, :, ::-1]).convert(mode).save(
+        out, 'JPEG', quality=80, **options)
+    return out.getvalue()
+
+
+def progressive_jpeg(more_scans=0, width=960, height=540):
+    """Return the test card as a progressive JPEG with *more_scans* scans added.
+
+    Each added scan repeats one of its scans that holds nothing (a dozen bytes): a
+    decoder goes through the whole image for each (measured: 50000 of them, 640 KB,
+    took simplejpeg 7.8 s at 1920 x 1080).
+    """
+    jpeg = pillow_jpeg(width=width, height=height, progressive=True)
+    empty = min(((start, end) for marker, start, end in jpeg_segments(jpeg)
+                 if marker == 0xDA), key=lambda scan: scan[1] - scan[0])
+    assert empty[1] - empty[0] < 16 and jpeg.endswith(b'\xff\xd9')
+    return jpeg[:-2] + jpeg[empty[0]:empty[1]] * more_scans + jpeg[-2:]
+
+
+@functools.lru_cache(maxsize=1)
+def refused_jpegs():
+    """Return ``{kind: (jpeg, word of the reason)}``: JPEGs of the qhd card to refuse.
+
+    Each is a whole JPEG of the frame header's size: what the checks before already
+    made sure of says nothing about these.
+    """
+    baseline = color_jpeg()
+    return {
+        'progressive': (progressive_jpeg(), 'progressive'),
+        'progressive, 20000 scans more': (progressive_jpeg(20000), 'progressive'),
+        '12-bit samples': (with_frame(baseline, 0xC1, precision=12), '12-bit'),
+        'lossless': (with_frame(baseline, 0xC3), 'lossless'),
+        'arithmetic-coded': (with_frame(baseline, 0xC9), 'arithmetic'),
+        'a scan per component': (with_scan_of_one_component(baseline), 'scan'),
+    }
+
+
+class ColourReceiver(object):
+    """A client of a FakeServer streaming depth and colour, recording the colour frames.
+
+    ``count`` counts them; ``frames`` keeps them unless *keep* is false.
+    """
+
+    def __init__(self, fake, keep=True):
+        """Make the client; its colour is enabled as the device appears."""
+        self.client = fast_client(fake.endpoint)
+        self.frames = []
+        self.count = 0
+        self.keep = keep
+        Client.on_add_kinect.connect(self.on_add, self.client)
+        Client.on_color_frame.connect(self.on_color, self.client)
+
+    def on_add(self, client, kinect_id):
+        client.enable_color_frames(kinect_id)
+
+    def on_color(self, client, color_frame, kinect_id):
+        self.count += 1
+        if self.keep:
+            self.frames.append(color_frame)
+
+    def stats(self):
+        return self.client.stream_stats('dev', 'color')
+
+
+@pytest.mark.parametrize('kind', sorted(refused_jpegs()))
+def test_a_jpeg_whose_decoding_its_header_cannot_bound_is_refused_unread(kind, caplog):
+    """Progressive, many scans, 12-bit, lossless, arithmetic: dropped with the reason.
+
+    The protocol carries baseline JPEG; a progressive one costs a pass over the image per
+    scan (a decompression bomb for the CPU: seconds for one frame of well under the size
+    limit), a 12-bit one no decoder here reads. Refused from the header alone, counted,
+    and the colour stream goes on.
+    """
+    jpeg, reason = refused_jpegs()[kind]
+    caplog.set_level(logging.WARNING, logger='streamkinect2')
+
+    async def main():
+        with FakeServer(streams=('depth', 'color')) as fake:
+            fake.streaming.set()
+            receiver = ColourReceiver(fake)
+            receiver.client.connect()
+            try:
+                await wait_until(lambda: len(receiver.frames) >= 2, 10, 'colour frames')
+                stats = receiver.stats()
+                for sequence in range(100000, 100003):
+                    invalid = stats.invalid
+                    fake.send('color', color_parts(sequence, jpeg))
+                    await wait_until(lambda: stats.invalid == invalid + 1, 5,
+                                     'the JPEG counted invalid')
+                count = len(receiver.frames)
+                await wait_until(lambda: len(receiver.frames) >= count + 3, 10,
+                                 'colour frames after them')
+                assert all(f.jpeg == color_jpeg() for f in receiver.frames)
+                assert receiver.client.is_connected
+            finally:
+                receiver.client.disconnect()
+    run_async(main())
+    warnings = [r.getMessage() for r in caplog.records if 'invalid colour' in r.getMessage()]
+    assert warnings and reason in warnings[0], warnings
+
+
+def test_greyscale_cmyk_and_unsubsampled_jpegs_are_taken_and_decode_to_bgr():
+    """What a JPEG decoder does right is taken: decoded to BGR, grey in all three channels.
+
+    A colour camera whose JPEG is greyscale (one component) still has a colour topic:
+    its ``bgr8`` Image keeps its encoding, the grey in each channel, as a camera driver
+    publishing bgr8 would.
+    """
+    card = color_card().astype(np.int16)
+    grey = (card @ np.array([0.114, 0.587, 0.299]))  # BT.601 luma of BGR
+    jpegs = {'greyscale': pillow_jpeg('L'), 'CMYK': pillow_jpeg('CMYK'),
+             '4:4:4': pillow_jpeg(subsampling=0)}
+    delivered = []
+
+    async def main():
+        with FakeServer(streams=('depth', 'color')) as fake:
+            fake.streaming.set()
+            receiver = ColourReceiver(fake)
+            delivered.append(receiver)
+            receiver.client.connect()
+            try:
+                await wait_until(lambda: receiver.frames, 10, 'colour frames')
+                for sequence, jpeg in enumerate(jpegs.values(), 100000):
+                    fake.send('color', color_parts(sequence, jpeg))
+                await wait_until(lambda: len([f for f in receiver.frames
+                                              if f.sequence >= 100000]) == len(jpegs), 5,
+                                 'every JPEG delivered')
+                assert receiver.stats().invalid == 0
+            finally:
+                receiver.client.disconnect()
+    run_async(main())
+    got = {name: f.array for name, f in zip(jpegs, [f for f in delivered[0].frames
+                                                    if f.sequence >= 100000])}
+    for name, pixels in got.items():
+        assert pixels.shape == (540, 960, 3) and pixels.dtype == np.uint8, name
+    assert (got['greyscale'] == got['greyscale'][:, :, :1]).all()
+    assert np.abs(got['greyscale'][:, :, 0] - grey).mean() < 3
+    for name in ('CMYK', '4:4:4'):
+        assert np.abs(got[name] - card).mean() < 3, name
+
+
+def test_colour_of_ever_new_sizes_cannot_grow_a_registration_without_bound():
+    """A library user registering received colour: each size costs tables (12 MiB at hd).
+
+    Sizes with the colour camera's aspect are scaled copies a Registration takes; a
+    server that sends a new one with every frame may not make it keep a table for each.
+    Measured as process RSS: 24 sizes grew it by 240 MiB (a table each, kept).
+    """
+    from streamkinect2.calibration import Calibration
+    from streamkinect2.registration import Registration
+    registration = Registration(Calibration.default())
+    sizes = [(80 * k, 45 * k) for k in range(1, 25)]
+    jpegs = [codec.encode_jpeg(color_card(*size), 50) for size in sizes]
+    done = []
+    rss = []
+
+    def register(client, color_frame, kinect_id):
+        if color_frame.sequence >= 100000:
+            rect = registration.color_rect(color_frame.array, registration.hd)
+            assert rect.shape == (1080, 1920, 3)
+            done.append(color_frame.sequence)
+            rss.append(psutil.Process().memory_info().rss)
+
+    async def main():
+        with FakeServer(streams=('depth', 'color')) as fake:
+            fake.streaming.set()
+            receiver = ColourReceiver(fake, keep=False)
+            Client.on_color_frame.connect(register, receiver.client)
+            receiver.client.connect()
+            try:
+                await wait_until(lambda: receiver.count, 10, 'colour frames')
+                for sequence, (size, jpeg) in enumerate(zip(sizes, jpegs), 100000):
+                    fake.send('color', color_parts(sequence, jpeg, width=size[0],
+                                                   height=size[1]))
+                    await wait_until(lambda: sequence in done, 10, 'the frame registered')
+            finally:
+                receiver.client.disconnect()
+    run_async(main())
+    growth = (max(rss) - rss[0]) / 2 ** 20
+    assert growth < 96, 'RSS grew by {0:.0f} MiB'.format(growth)

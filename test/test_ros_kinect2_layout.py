@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -409,8 +410,10 @@ def test_sd_and_qhd_topics(rig, recorded):
     rig.subscribe(*outputs)
     rig.sub.spin_until(lambda: all(len(rig.got[o]) >= 3 for o in outputs), 90.0,
                        'every sd and qhd topic')
-    # The IR and colour the subscribed topics need are received now (streams:=[depth]).
-    assert rig.diagnostics['kinect2_receiving'] == 'depth,ir,color'
+    # The IR and colour the subscribed topics need are received now (streams:=[depth]);
+    # /diagnostics comes once a second, so the last one may predate the topics' frames.
+    rig.sub.spin_until(lambda: rig.diagnostics['kinect2_receiving'] == 'depth,ir,color',
+                       10.0, 'diagnostics saying IR and colour are received')
     got = rig.got
 
     def shared(output):  # images of output made from a capture of sd/image_depth_rect
@@ -506,3 +509,290 @@ def test_sd_and_qhd_topics(rig, recorded):
     rig.sub.spin_until(lambda: rig.diagnostics['kinect2_receiving'] == 'depth', 10.0,
                        'IR and colour dropped with their last subscriber')
     assert 'Traceback' not in rig.client.output(), rig.client.output()
+
+
+# --- colour from a hostile server ---------------------------------------------------------
+
+class HostileRig(object):
+    """A client node with the layout on, fed by a :py:class:`FakeServer` in this process.
+
+    The fake streams depth (the mock's frames) and colour; ``send_color`` sends any
+    colour message. ``got`` collects the subscribed topics, ``values`` the device's
+    latest diagnostic values.
+    """
+
+    def __init__(self, fake, **params):
+        """Start the node (streams:=[depth] unless *params* say otherwise) and a subscriber."""
+        self.namespace = '/' + ros_helpers.unique('h')
+        self.base = self.namespace + '/kinect2/'
+        values = {'server_endpoint': fake.endpoint, 'kinect2_layout': 'true',
+                  'streams': '[depth]', 'qos_reliability': 'reliable',
+                  'diagnostics_period': 0.3, 'log_period': 60.0, 'response_timeout': 1.0,
+                  'reconnect_period': 0.2}
+        values.update(params)
+        self.fake = fake
+        self.client = ros_helpers.NodeProcess('client_node', values, CLIENT_YAML,
+                                              self.namespace)
+        self.sub = ros_helpers.TestSubscriber()
+        self.values = {}
+        self.got = {}
+        self.sub.node.create_subscription(diagnostic_msgs.DiagnosticArray, '/diagnostics',
+                                          self._on_diagnostics, 10)
+
+    def _on_diagnostics(self, msg):
+        for status in msg.status:
+            if NODE_NAME in status.name and status.hardware_id == 'dev':
+                self.values = {value.key: value.value for value in status.values}
+
+    def subscribe(self, *topics):
+        """Subscribe to layout outputs (``'hd/image_color'``) or device topics (``'/…'``)."""
+        from sensor_msgs.msg import Image
+        for topic in topics:
+            self.got[topic] = []
+            if topic.startswith('/'):
+                name, kind = self.namespace + '/dev' + topic, Image
+            else:
+                name, kind = self.base + topic, OUTPUTS[topic]
+            self.sub.node.create_subscription(kind, name, self.got[topic].append, RELIABLE)
+
+    def value(self, key):
+        """Return diagnostic value *key* as an int (0 until it is there)."""
+        return int(self.values.get(key, 0))
+
+    def spin(self, seconds):
+        """Spin the subscriber for *seconds*."""
+        deadline = time.monotonic() + seconds
+        self.sub.spin_until(lambda: time.monotonic() > deadline, seconds + 1.0)
+
+    def close(self):
+        """Stop the node and the subscriber."""
+        try:
+            self.sub.close()
+        finally:
+            self.client.close()
+
+    def __enter__(self):
+        """Return the rig."""
+        return self
+
+    def __exit__(self, *exc):
+        """Close the rig."""
+        self.close()
+
+
+def colour_message(sequence, jpeg, width, height, stamp_ns):
+    """Return the parts of an unpaired colour message of *jpeg*, header *width* x *height*."""
+    from streamkinect2.codec import CODEC_JPEG
+    from streamkinect2.protocol import frame_flags, FrameHeader, FrameMessage
+    header = FrameHeader(CODEC_JPEG, width, height, frame_flags('color', False), sequence,
+                         stamp_ns, 0, 0)
+    return [bytes(part) for part in FrameMessage.build(header, jpeg).parts]
+
+
+def test_colour_the_layout_cannot_use_is_refused_counted_and_said_once():
+    # Sizes other than the calibration's hd and qhd (1280 x 720, 1 x 1, and a new size
+    # every frame: each cost Registration 12 MiB of tables), damaged scan data, greyscale:
+    # through a real socket and the node, while depth-only outputs go on.
+    import psutil
+    from streamkinect2 import codec
+    from test_client_hostile import color_card, FakeServer, pillow_jpeg
+
+    def jpeg_of(size):
+        return codec.encode_jpeg(color_card(*size), 50)
+    odd = [(1280, 720), (1, 1)] + [(80 * k, 45 * k) for k in range(1, 24) if k != 12]
+    qhd = jpeg_of((960, 540))
+    scan = qhd.index(b'\xff\xda')
+    middle = (scan + len(qhd)) // 2
+    damaged = qhd[:middle] + bytes(2000) + qhd[middle + 2000:]
+    with FakeServer(streams=('depth', 'color'), frame_period=0.05) as fake, \
+            HostileRig(fake) as rig:
+        fake.paused.add('color')  # colour: what the test sends alone
+        fake.streaming.set()
+        rig.subscribe('sd/image_depth_rect', 'hd/image_color', 'hd/image_color_rect')
+        stamps = iter(range(10 ** 18, 2 * 10 ** 18, 1000))
+        sequences = iter(range(100000, 200000))
+
+        def send(jpeg, size):
+            stamp = next(stamps)
+            fake.send('color', colour_message(next(sequences), jpeg, size[0], size[1], stamp))
+            return stamp
+
+        def made(jpeg, output, timeout=10.0):
+            # Send until *output* has an image of one of the frames sent (the PUB drops
+            # what it sends before the node's SUB has joined); return its stamp.
+            sent = set()
+            deadline = time.monotonic() + timeout
+            while not sent & {stamp_ns(img) for img in rig.got[output]}:
+                assert time.monotonic() < deadline, 'no {0} of the frames sent'.format(output)
+                sent.add(send(jpeg, (960, 540)))
+                rig.spin(0.3)
+            return (sent & {stamp_ns(img) for img in rig.got[output]}).pop()
+
+        # Colour is received once its layout topics have subscribers.
+        rig.sub.spin_until(lambda: 'color' in rig.values.get('kinect2_receiving', ''), 30.0,
+                           'colour received for the layout')
+        made(qhd, 'hd/image_color')
+        rig.sub.spin_until(lambda: len(rig.got['sd/image_depth_rect']) >= 3, 10.0,
+                           'sd/image_depth_rect')
+        process = psutil.Process(rig.client.pid)
+        base = peak = process.memory_info().rss
+        refused = set()
+        began = time.monotonic()
+        for size in odd:
+            refused.add(send(jpeg_of(size), size))
+            rig.spin(0.05)
+            peak = max(peak, process.memory_info().rss)
+        rig.sub.spin_until(lambda: rig.value('kinect2_color_refused') >= len(odd), 10.0,
+                           'every colour frame of another size refused')
+        assert rig.value('kinect2_color_refused') == len(odd)
+        assert rig.value('kinect2_failures') == 0
+        growth = (peak - base) / 2 ** 20
+        assert growth < 64, 'the node grew by {0:.0f} MiB'.format(growth)
+        # Said once (at most every 5 s), with what it takes.
+        rig.client.wait_for_output('refused', 10.0)
+        lines = [line for line in rig.client.output().splitlines()
+                 if 'colour frames of' in line]
+        assert 1 <= len(lines) <= 1 + (time.monotonic() - began) // 5, lines
+        assert '1280x720 refused' in lines[0] and '(qhd)' in lines[0], lines
+
+        # Damaged scan data (a whole JPEG of the right size): lost at decoding, counted.
+        began = time.monotonic()
+        for _ in range(3):
+            send(damaged, (960, 540))
+            rig.spin(0.1)
+        rig.sub.spin_until(lambda: rig.value('kinect2_failures') >= 3, 10.0,
+                           'the damaged frames counted')
+        lines = [line for line in rig.client.output().splitlines() if 'was lost' in line]
+        assert 1 <= len(lines) <= 1 + (time.monotonic() - began) // 5, lines
+        assert 'Corrupt JPEG' in lines[0], lines
+
+        # Greyscale: registered as it is, grey in every channel.
+        grey_stamp = made(pillow_jpeg('L'), 'hd/image_color')
+        for output in ('hd/image_color', 'hd/image_color_rect'):
+            rig.sub.spin_until(lambda: any(stamp_ns(img) == grey_stamp
+                                           for img in rig.got[output]), 10.0, output)
+            image = [pixels(img) for img in rig.got[output] if stamp_ns(img) == grey_stamp][0]
+            assert image.shape == (1080, 1920, 3) and image.max() > 100
+            assert (image == image[:, :, :1]).all()
+        # Nothing was made of the refused frames; depth went on all along.
+        for output in ('hd/image_color', 'hd/image_color_rect'):
+            assert not {stamp_ns(img) for img in rig.got[output]} & refused
+        count = len(rig.got['sd/image_depth_rect'])
+        rig.sub.spin_until(lambda: len(rig.got['sd/image_depth_rect']) >= count + 3, 10.0,
+                           'sd/image_depth_rect going on')
+        assert rig.client.proc.poll() is None
+        assert 'Traceback' not in rig.client.output(), rig.client.output()
+
+
+def test_colour_bombs_are_refused_before_decoding_by_the_node_and_its_layout():
+    # A JPEG header claiming 65500 x 65500 (in a frame header of 1920 x 1080, or both
+    # claiming it), and a progressive JPEG of 60000 scans (720 KB: seconds of CPU per
+    # decode, on the node's IOLoop thread for color/image_raw): refused unread, counted,
+    # memory bounded (peak RSS of the node), the connection and every stream going on.
+    import psutil
+    from test_client_hostile import color_jpeg, FakeServer, progressive_jpeg
+
+    card = color_jpeg()
+    at = card.index(b'\xff\xc0')
+    claiming = card[:at + 5] + (65500).to_bytes(2, 'big') * 2 + card[at + 9:]
+    bombs = [(claiming, (1920, 1080)), (claiming, (65500, 65500)),
+             (progressive_jpeg(60000), (960, 540))]
+    with FakeServer(streams=('depth', 'color'), frame_period=0.1) as fake, \
+            HostileRig(fake, streams='[depth,color]') as rig:
+        fake.streaming.set()  # valid qhd colour too, every 0.1 s
+        rig.subscribe('/color/image_raw', '/depth/image_raw', 'hd/image_color',
+                      'sd/image_depth_rect')
+        rig.sub.spin_until(lambda: all(len(got) >= 3 for got in rig.got.values()), 30.0,
+                           'every subscribed topic')
+        process = psutil.Process(rig.client.pid)
+        base = peak = process.memory_info().rss
+        decoded = rig.value('color_decoded')
+        for turn in range(3):
+            for sequence, (jpeg, size) in enumerate(bombs, 100000 + 10 * turn):
+                fake.send('color', colour_message(sequence, jpeg, size[0], size[1],
+                                                  time.time_ns()))
+                rig.spin(0.1)
+                peak = max(peak, process.memory_info().rss)
+        rig.sub.spin_until(lambda: rig.value('color_invalid') >= 3 * len(bombs), 10.0,
+                           'every bomb counted invalid')
+        counts = {topic: len(got) for topic, got in rig.got.items()}
+        rig.sub.spin_until(lambda: all(len(rig.got[t]) >= counts[t] + 3 for t in counts),
+                           10.0, 'every topic going on')
+        growth = (peak - base) / 2 ** 20
+        assert growth < 64, 'the node grew by {0:.0f} MiB'.format(growth)
+        assert rig.value('color_invalid') == 3 * len(bombs)
+        assert rig.value('color_decoded') > decoded
+        for img in rig.got['/color/image_raw']:
+            assert (img.width, img.height) == (960, 540)
+        assert rig.value('kinect2_failures') == rig.value('kinect2_color_refused') == 0
+        # One connection all along: the IOLoop was never held up past response_timeout.
+        assert rig.client.output().count('Connected to server') == 1, rig.client.output()
+        assert 'Traceback' not in rig.client.output(), rig.client.output()
+
+
+def test_a_bad_colour_record_is_said_once_whatever_the_sizes_of_the_frames():
+    # A color_camera record that is no camera (fx < 0) and colour frames alternating
+    # hd and qhd: the CameraInfo fields are made again at each size, the warning is
+    # the record's and said once (it was said with every frame).
+    from sensor_msgs.msg import CameraInfo
+    from test_client_hostile import color_jpeg, FakeServer
+
+    def reply(fake, frames):
+        if frames[0] == b'\x01':
+            return [b'\x02']
+        return fake.me([{'id': 'dev', 'endpoints': dict(fake.stream_endpoints),
+                         'color_camera': {'fx': -5.0, 'fy': 1081.0, 'cx': 959.5,
+                                          'cy': 539.5}}])
+    sizes = [(960, 540), (1920, 1080)]
+    with FakeServer(reply, streams=('depth', 'color'), frame_period=0.05) as fake, \
+            HostileRig(fake, streams='[color]', kinect2_layout='false') as rig:
+        fake.paused.add('color')
+        fake.streaming.set()
+        infos = []
+        rig.sub.node.create_subscription(CameraInfo, rig.namespace + '/dev/color/camera_info',
+                                         infos.append, RELIABLE)
+        rig.sub.spin_until(lambda: rig.sub.node.count_publishers(
+            rig.namespace + '/dev/color/camera_info') > 0, 30.0, 'the colour topics')
+        sequence = 100000
+        while len({(info.width, info.height) for info in infos}) < 2 or len(infos) < 10:
+            assert sequence < 100200, 'CameraInfos of both sizes'
+            size = sizes[sequence % 2]
+            fake.send('color', colour_message(sequence, color_jpeg(*size), size[0], size[1],
+                                              time.time_ns()))
+            sequence += 1
+            rig.spin(0.1)
+        assert {(info.width, info.height) for info in infos} == set(sizes)
+        # The defaults, scaled to each size.
+        for info in infos:
+            assert info.k[0] > info.width / 2
+        warnings = [line for line in rig.client.output().splitlines()
+                    if 'color_camera record is not usable' in line]
+        assert len(warnings) == 1, warnings
+
+
+def test_a_device_without_colour_gets_depth_outputs_and_no_colour_work():
+    # The server streams colour on an endpoint its `me` record does not name: the node
+    # never subscribes to it, the layout makes XYZ clouds, and nothing is lost or failed.
+    from test_client_hostile import FakeServer
+
+    def reply(fake, frames):
+        if frames[0] == b'\x01':
+            return [b'\x02']
+        return fake.me([{'id': 'dev', 'endpoints': {'depth': fake.depth_endpoint}}])
+    with FakeServer(reply, streams=('depth', 'color'), frame_period=0.05) as fake, \
+            HostileRig(fake) as rig:
+        fake.streaming.set()
+        rig.subscribe('hd/image_color', 'sd/points', 'sd/image_depth_rect')
+        rig.sub.spin_until(lambda: len(rig.got['sd/points']) >= 3
+                           and len(rig.got['sd/image_depth_rect']) >= 3, 30.0,
+                           'sd/points and sd/image_depth_rect')
+        published = rig.value('kinect2_sd_points')
+        rig.sub.spin_until(lambda: rig.value('kinect2_sd_points') >= published + 3, 10.0,
+                           'diagnostics of the clouds')
+        assert [f.name for f in rig.got['sd/points'][-1].fields] == ['x', 'y', 'z']
+        assert rig.values['kinect2_receiving'] == 'depth'
+        assert not rig.got['hd/image_color']
+        for key in ('kinect2_color_jobs', 'kinect2_failures', 'kinect2_color_refused',
+                    'kinect2_unmatched_color'):
+            assert rig.value(key) == 0, (key, rig.values)
+        assert 'Traceback' not in rig.client.output(), rig.client.output()
