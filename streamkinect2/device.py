@@ -193,7 +193,7 @@ class ColorFrame(object):
     """
 
     __slots__ = ('jpeg', '_pixels', 'shape', 'sequence', 'timestamp_ns', 'device_timestamp',
-                 'paired')
+                 'paired', '_decoding')
 
     def __init__(self, pixels: Any = None, jpeg: Optional[bytes] = None,
                  shape: Optional[Tuple[int, int]] = None, sequence: int = 0,
@@ -217,6 +217,7 @@ class ColorFrame(object):
         self.timestamp_ns = time.time_ns() if timestamp_ns is None else int(timestamp_ns)
         self.device_timestamp = int(device_timestamp)
         self.paired = bool(paired)
+        self._decoding = threading.Lock()
 
     @property
     def data(self) -> Any:
@@ -230,11 +231,17 @@ class ColorFrame(object):
 
     @property
     def array(self) -> npt.NDArray[np.uint8]:
-        """Return the (height, width, 3) BGR pixels, decoding the JPEG the first time."""
+        """Return the (height, width, 3) BGR pixels, decoding the JPEG the first time.
+
+        Threads asking at once (a node publishing the Image while its registration
+        worker takes the same frame) wait for one decoding.
+        """
         if self._pixels is None:
-            import simplejpeg
-            assert self.jpeg is not None
-            self._pixels = simplejpeg.decode_jpeg(self.jpeg, colorspace='BGR')
+            with self._decoding:
+                if self._pixels is None:
+                    import simplejpeg
+                    assert self.jpeg is not None
+                    self._pixels = simplejpeg.decode_jpeg(self.jpeg, colorspace='BGR')
         pixels = self._pixels
         return pixels[:, :, :3] if pixels.shape[2] == 4 else pixels
 

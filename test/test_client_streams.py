@@ -5,6 +5,8 @@ stream, messages built as a server builds them), the hostile ones too; the last 
 runs against the real server and mock when they serve IR and colour.
 """
 import logging
+import threading
+import time
 
 from conftest import LOOPBACK, run_async, wait_until
 import numpy as np
@@ -418,3 +420,36 @@ def test_ir_and_colour_from_the_real_server_and_mock():
             finally:
                 client.disconnect()
     run_async(main())
+
+
+def test_a_colour_frame_asked_for_its_pixels_by_threads_at_once_is_decoded_once(monkeypatch):
+    """A node's IOLoop and its registration worker taking one frame: one decoding."""
+    import simplejpeg
+    from streamkinect2.codec import encode_jpeg
+
+    pixels = np.zeros((48, 64, 4), np.uint8)
+    pixels[:, :, 1] = 200
+    frame = ColorFrame(jpeg=encode_jpeg(pixels), shape=(64, 48))
+    decodings = []
+    real_decode = simplejpeg.decode_jpeg
+    started = threading.Barrier(4, timeout=10)
+
+    def slow_decode(*args, **kwargs):
+        decodings.append(1)
+        time.sleep(0.05)  # long enough for every thread to be asking meanwhile
+        return real_decode(*args, **kwargs)
+    monkeypatch.setattr(simplejpeg, 'decode_jpeg', slow_decode)
+    results = []
+
+    def ask():
+        started.wait()
+        results.append(frame.array)
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(results) == 4 and len(decodings) == 1
+    assert all(result is results[0] or np.shares_memory(result, results[0])
+               for result in results)
+    assert abs(int(results[0][:, :, 1].mean()) - 200) <= 2
