@@ -10,15 +10,14 @@ that holds each chunk of the control connection's bytes for a fixed time per dir
 (``tc netem`` does the same in the kernel where it is built in: that variant runs only
 there); busy (real frames filling most of a rate-limited link, the pongs queued behind
 them); lossy (nftables or netem dropping packets both ways). Each prints its figures
-(``-s``).
+(``-s``). The server, the client and the relay are :py:mod:`netns`'s, shared with
+bench/bench_clock.py (which prints these figures over several runs).
 """
-import json
 import os
 import os.path
-import subprocess
-import sys
 
-from netns import Lan, Lines, loss_method, namespaces_available
+from netns import (delay_relay, Lan, loss_method, measure_clock, namespaces_available,
+                   start_clock_server)
 import pytest
 
 pytestmark = pytest.mark.skipif(namespaces_available() is not None,
@@ -32,144 +31,21 @@ RECORDING = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
 if not os.path.exists(RECORDING):
     RECORDING = '/work/shared/data/depth/kinect2_room_calibration.npz'
 
-SERVER = """
-import signal, sys, asyncio
-from streamkinect2 import MockKinect, Server
-from streamkinect2.common import EndpointType
-async def main():
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
-    kinect = (MockKinect.from_recording(sys.argv[3], streams=['depth']) if len(sys.argv) > 3
-              else MockKinect(streams=['depth']))
-    with kinect, Server(
-            address=sys.argv[1], announce=False, clock_offset_ns=int(sys.argv[2]),
-            streams=['depth']) as server:
-        server.add_kinect(kinect)
-        print('serving', server.endpoints[EndpointType.control], flush=True)
-        await asyncio.wait_for(stop.wait(), 600)
-asyncio.run(main())
-"""
-
-CLIENT = """
-import asyncio, json, statistics, sys, time
-from streamkinect2.client import Client
-endpoint, offset, duration = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-async def main():
-    client = Client(endpoint)
-    client.follow_endpoints = True  # through the relay: the control connection only
-    errors, uncorrected, snapshots = [], [0], []
-    Client.on_add_kinect.connect(lambda c, kinect_id: c.enable_depth_frames(kinect_id),
-                                 client, weak=False)
-    def frame(c, depth_frame, kinect_id):
-        local = c.to_local_ns(depth_frame.timestamp_ns)
-        if local is None:
-            uncorrected[0] += 1
-        else:
-            errors.append(local - (depth_frame.timestamp_ns - offset))
-    Client.on_depth_frame.connect(frame, client, weak=False)
-    client.connect()
-    started = time.monotonic()
-    while time.monotonic() - started < duration:
-        await asyncio.sleep(1.0)
-        clock = client.clock.as_dict()
-        if clock['offset_ns'] is not None:
-            snapshots.append({'error_ns': offset - clock['offset_ns'],
-                              'uncertainty_ns': clock['uncertainty_ns'],
-                              'round_trip_ns': clock['round_trip_ns']})
-    clock = client.clock.as_dict()
-    client.disconnect()
-    print('RESULT', json.dumps({
-        'frames': len(errors), 'uncorrected': uncorrected[0],
-        'min_ns': min(errors, default=None), 'max_ns': max(errors, default=None),
-        'median_ns': statistics.median(errors) if errors else None,
-        'snapshots': snapshots, 'clock': clock}), flush=True)
-asyncio.run(main())
-"""
-
-RELAY = """
-import queue, socket, sys, threading, time
-listen, target, delays = sys.argv[1], sys.argv[2], (float(sys.argv[3]), float(sys.argv[4]))
-host, port = target.rsplit(':', 1)
-server = socket.socket()
-server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-server.bind(('127.0.0.1', 0))
-server.listen(8)
-print('relaying', server.getsockname()[1], flush=True)
-def pump(source, sink, delay):
-    # Each chunk goes on delay seconds after it came, in order.
-    chunks = queue.Queue()
-    def write():
-        while True:
-            due, data = chunks.get()
-            if data is None:
-                sink.close()
-                return
-            pause = due - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)
-            try:
-                sink.sendall(data)
-            except OSError:
-                return
-    threading.Thread(target=write, daemon=True).start()
-    while True:
-        try:
-            data = source.recv(65536)
-        except OSError:
-            data = b''
-        chunks.put((time.monotonic() + delay, data or None))
-        if not data:
-            return
-while True:
-    conn, _ = server.accept()
-    upstream = socket.create_connection((host, int(port)))
-    for sock in (conn, upstream):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    threading.Thread(target=pump, args=(conn, upstream, delays[0]), daemon=True).start()
-    threading.Thread(target=pump, args=(upstream, conn, delays[1]), daemon=True).start()
-"""
-
-
-def _python(script, *args):
-    return [sys.executable, '-c', script] + [str(a) for a in args]
-
-
-def _env():
-    return dict(os.environ, PYTHONUNBUFFERED='1')
-
 
 def _start_server(lan, host, *recording):
-    process = lan.popen(host, _python(SERVER, lan.addresses[host], OFFSET, *recording),
-                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                        env=_env())
-    lines = Lines(process)
-    endpoint = lines.wait_for('serving ', 30).split()[1]
-    return process, endpoint
+    return start_clock_server(lan, host, OFFSET, *recording)
 
 
 def _measure(lan, host, endpoint, duration=8):
     """Run the client in *host* for *duration* s at *endpoint*; return its figures."""
-    process = lan.popen(host, _python(CLIENT, endpoint, OFFSET, duration),
-                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                        env=_env())
-    out, _ = process.communicate(timeout=duration + 60)
-    assert process.returncode == 0, out
-    results = [line for line in out.splitlines() if line.startswith('RESULT ')]
-    assert results, out
-    figures = json.loads(results[-1][len('RESULT '):])
-    assert figures['frames'] > 5 * (duration - 2), (out, figures)
-    assert 'Traceback' not in out, out
+    figures = measure_clock(lan, host, endpoint, OFFSET, duration)
+    assert figures['frames'] > 5 * (duration - 2), figures
     return figures
 
 
 def _relay(lan, host, endpoint, out_ms, back_ms):
     """Start a relay in *host* to *endpoint*, delaying each way; return its endpoint."""
-    process = lan.popen(host, _python(RELAY, '127.0.0.1', endpoint.split('//')[1],
-                                      out_ms / 1000.0, back_ms / 1000.0),
-                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                        env=_env())
-    port = Lines(process).wait_for('relaying ', 10).split()[1]
-    return process, 'tcp://127.0.0.1:{0}'.format(port)
+    return delay_relay(lan, host, endpoint, out_ms, back_ms)
 
 
 def _report(label, figures):
