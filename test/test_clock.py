@@ -409,15 +409,21 @@ HOSTILE_PONGS = {
 }
 
 
+def pinging_client(fake):
+    """Return a Client of *fake* sending ``who`` and ``ping`` every 50 ms, and its disconnects."""
+    client = Client(fake.endpoint)
+    client.heartbeat_period = 50
+    client.clock_period = 50
+    disconnects = []
+    Client.on_disconnect.connect(lambda c: disconnects.append(1), client, weak=False)
+    return client, disconnects
+
+
 @pytest.mark.parametrize('kind', sorted(HOSTILE_PONGS))
 def test_hostile_pongs_are_counted_and_ignored(kind, caplog):
     async def main():
         with PingFake(HOSTILE_PONGS[kind]) as fake:
-            client = Client(fake.endpoint)
-            client.heartbeat_period = 50
-            client.clock_period = 50
-            disconnects = []
-            Client.on_disconnect.connect(lambda c: disconnects.append(1), client, weak=False)
+            client, disconnects = pinging_client(fake)
             client.connect()
             try:
                 await wait_until(lambda: fake.pings >= CLOCK_BURST + 5, 10, 'pings')
@@ -451,11 +457,7 @@ def twice_later(fake, ping):
 def test_a_server_answering_each_ping_twice_costs_nothing(answer):
     async def main():
         with PingFake(answer) as fake:
-            client = Client(fake.endpoint)
-            client.heartbeat_period = 50
-            client.clock_period = 50
-            disconnects = []
-            Client.on_disconnect.connect(lambda c: disconnects.append(1), client, weak=False)
+            client, disconnects = pinging_client(fake)
             client.connect()
             try:
                 await wait_until(lambda: fake.pings >= 2 * CLOCK_BURST, 10, 'pings')
@@ -478,9 +480,7 @@ def test_a_server_answering_each_ping_twice_costs_nothing(answer):
 def test_a_server_without_clock_gets_one_timed_ping_and_stays():
     async def main():
         with PingFake(lambda f, p: [[b'\x02']]) as fake:  # a plain pong, as in 2014
-            client = Client(fake.endpoint)
-            client.heartbeat_period = 50
-            client.clock_period = 50
+            client, _ = pinging_client(fake)
             client.connect()
             try:
                 await wait_until(lambda: fake.whos >= 20, 10, 'heartbeats')

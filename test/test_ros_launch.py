@@ -7,12 +7,12 @@ API that record what the files ask for.
 import ast
 import contextlib
 import glob
-import importlib.util
 import os
 import re
 import sys
 import types
 
+from launch_helpers import load_launch_file
 import pytest
 
 from streamkinect2_ros import launching
@@ -155,14 +155,6 @@ def launch_api():
                 sys.modules.pop(name, None)
             else:
                 sys.modules[name] = module
-
-
-def load_launch_file(path):
-    spec = importlib.util.spec_from_file_location(
-        'launch_file_' + os.path.basename(path).split('.')[0], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize('path', LAUNCH_FILES, ids=os.path.basename)
