@@ -652,6 +652,9 @@ def main(argv=None):
         print('note: {0} not found; replaying the synthetic scene'.format(args.replay))
         args.replay = ''
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    # A domain of its own (unless given): no other ROS process of this machine shares the
+    # topics and counts (domains 1 to 100 have ports in any kernel's range).
+    os.environ.setdefault('ROS_DOMAIN_ID', str(1 + os.getpid() % 100))
     extra = dict(item.split('=', 1) for item in args.env)
 
     print(describe(args), flush=True)
