@@ -759,10 +759,11 @@ class ClientNode(LoopNode):
             if layout is not None:
                 self.get_logger().info(
                     '{0} kinect2 layout under {1}: {2} captures worked on, {3} skipped (worker '
-                    'busy), {4} colour frames without their depth, {5} failed; receiving '
-                    '{6}'.format(kinect_id, layout['base'], layout['jobs'], layout['skipped'],
-                                 layout['unmatched_color'], layout['failures'],
-                                 layout['receiving']))
+                    'busy), {4} colour frames without their depth, {5} refused (not the '
+                    "calibration's size or its half), {6} failed; receiving {7}".format(
+                        kinect_id, layout['base'], layout['jobs'], layout['skipped'],
+                        layout['unmatched_color'], layout['color_refused'],
+                        layout['failures'], layout['receiving']))
 
     @staticmethod
     def _device_level(device, connected):

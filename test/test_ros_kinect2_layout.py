@@ -605,7 +605,7 @@ def test_colour_the_layout_cannot_use_is_refused_counted_and_said_once():
     middle = (scan + len(qhd)) // 2
     damaged = qhd[:middle] + bytes(2000) + qhd[middle + 2000:]
     with FakeServer(streams=('depth', 'color'), frame_period=0.05) as fake, \
-            HostileRig(fake) as rig:
+            HostileRig(fake, log_period=1.0) as rig:
         fake.paused.add('color')  # colour: what the test sends alone
         fake.streaming.set()
         rig.subscribe('sd/image_depth_rect', 'hd/image_color', 'hd/image_color_rect')
@@ -654,6 +654,9 @@ def test_colour_the_layout_cannot_use_is_refused_counted_and_said_once():
                  if 'colour frames of' in line]
         assert 1 <= len(lines) <= 1 + (time.monotonic() - began) // 5, lines
         assert '1280x720 refused' in lines[0] and '(qhd)' in lines[0], lines
+        # The node's periodic log line counts them as well.
+        rig.client.wait_for_output("{0} refused (not the calibration's size".format(len(odd)),
+                                   10.0)
 
         # Damaged scan data (a whole JPEG of the right size): lost at decoding, counted.
         began = time.monotonic()
