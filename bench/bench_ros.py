@@ -36,13 +36,18 @@ Middleware: ``--profile shipped`` (default) leaves Fast DDS's configuration to t
 the client node then takes the package's profile, ``config/fastdds_large_data.xml``;
 ``none`` runs them with Fast DDS's defaults (``FASTDDS_BUILTIN_TRANSPORTS=DEFAULT``, a
 choice the client node keeps); or a profile file of yours. ``--env`` sets further variables
-for the node processes (``RMW_FASTRTPS_PUBLICATION_MODE=...``). The ``ros`` subscriber runs
-with Fast DDS's defaults, as a user's would (``--subscriber-profile``: with the same
-variables as the nodes). ``--compare shipped,none --runs 3`` runs the configurations
-alternately in one session and prints each run and the medians; a configuration is
-``shipped``, ``none``, a profile path, or ``env:NAME=VALUE[;NAME=VALUE]``. ``--threads``
-adds the CPU per Image of each thread of each process. ``--stagger`` starts the devices
-evenly spread over a frame period (free-running sensors) instead of together.
+for the node processes (``RMW_FASTRTPS_PUBLICATION_MODE=...``). The subscriber runs with
+Fast DDS's defaults, as a user's would; ``--subscriber-profile`` gives it the nodes'
+configuration, with the package's profile unless that chooses another (with the ``bench``
+subscriber: one configuration for the whole session). ``--compare shipped,none --runs 3``
+runs the configurations alternately in one session and prints each run and the medians; a
+configuration is ``shipped``, ``none``, a profile path, or ``env:NAME=VALUE[;NAME=VALUE]``.
+``--threads`` adds the CPU per Image of each thread of each process. ``--stagger`` starts
+the devices evenly spread over a frame period (free-running sensors) instead of together.
+
+Losses are also printed in time (seconds after the first Image, grouped when less than
+0.5 s apart): a hole in every topic of every device at once is a stalled process or
+transport, a hole in one topic a slow subscription.
 """
 import argparse
 import collections
@@ -74,6 +79,8 @@ DEFAULT_RGBD = os.path.join(DATA, 'rgbd', 'kinect2_sync_rgbd.npz')
 MIDDLEWARE_VARIABLES = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE',
                         'FASTDDS_BUILTIN_TRANSPORTS', 'SKIP_DEFAULT_XML_FILE',
                         'RMW_FASTRTPS_PUBLICATION_MODE', 'RMW_FASTRTPS_USE_QOS_FROM_XML')
+#: Seconds between every subscription matching and the first capture.
+SETTLE_S = 3.0
 #: The server process reads its replay from this variable (JSON).
 REPLAY_VARIABLE = 'STREAMKINECT2_BENCH_REPLAY'
 #: Per stream, the topics (relative to the device) and message types the subscriber takes.
@@ -247,8 +254,7 @@ class Run(object):
 
     def _env(self, role):
         env = {k: v for k, v in os.environ.items() if k not in MIDDLEWARE_VARIABLES}
-        if role != 'subscriber' or self.args.subscriber_profile:
-            env.update(self.env)
+        env.update(subscriber_env(self.args, self.env) if role == 'subscriber' else self.env)
         env['PYTHONUNBUFFERED'] = '1'
         env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE']
         return env
@@ -327,7 +333,12 @@ class Run(object):
                        for topic, _ in self.full_topics())
         self.spin_until(matched, 60.0, 'the client node publishing every topic with its '
                         'subscriber')
-        self.spin(1.0)  # discovery both ways: the writers match the readers too
+        # Discovery both ways (the writers match the readers too) and settling: with 1 s
+        # here, about 1 run in 3 lost one 0.1 to 0.4 s stretch of every topic of every
+        # device at once, 0.4 to 0.7 s after the first Image, its subscriber idle and
+        # waiting (4 devices, depth + IR + qhd colour; also seen with 1 device); with 3 s,
+        # none in 12 runs.
+        self.spin(SETTLE_S)
 
     def _on_diagnostics(self, msg):
         for status in msg.status:
@@ -478,6 +489,7 @@ def figures(args, run, measured, subscribed):
         rate = 0.0
         published = node_received = dropped = node_dropped = 0
         lost_by_device = []
+        gaps = []
         for device in run.devices:
             name = '/{0}/{1}'.format(device, topic)
             records = subscribed['records'][name]
@@ -496,6 +508,8 @@ def figures(args, run, measured, subscribed):
             node_received += counter('received')
             dropped += counter('dropped')
             node_dropped += counter('dropped_in_node')
+            gaps += loss_gaps(sorted(stamp for stamp, _ in records), args.fps, device,
+                              topic)
         if topic == COLOR_RAW_TOPIC[0]:  # decoded only for subscribers: its own count
             published = sum(int(counters.get((d, 'color_decoded'), 0)) for d in run.devices)
         latencies.sort()
@@ -503,12 +517,45 @@ def figures(args, run, measured, subscribed):
             'sent': run.budget * len(run.devices), 'received_by_node': node_received,
             'dropped_upstream': dropped, 'dropped_in_node': node_dropped,
             'published': published, 'received': received, 'lost': published - received,
-            'lost_dds': lost_dds, 'lost_by_device': lost_by_device, 'rate': rate,
+            'lost_dds': lost_dds, 'lost_by_device': lost_by_device, 'gaps': gaps,
+            'rate': rate,
             'count': len(latencies),
             'p50_ms': percentile(latencies, 0.5) * 1e3,
             'p99_ms': percentile(latencies, 0.99) * 1e3,
             'max_ms': latencies[-1] * 1e3 if latencies else float('nan')}
+    result['first_stamp_ns'] = min(
+        (records[0][0] for records in subscribed['records'].values() if records), default=0)
     return result
+
+
+def loss_gaps(stamps, fps, device, topic):
+    """Return ``[(stamp ns, missing, device, topic), ...]``: the holes in a stream's stamps.
+
+    *stamps* (sorted) come one frame period apart; a hole of more than half a period more is
+    ``round(hole / period) - 1`` missing Images after the stamp.
+    """
+    period_ns = 1e9 / fps
+    return [(before, int(round((after - before) / period_ns)) - 1, device, topic)
+            for before, after in zip(stamps, stamps[1:]) if after - before > 1.5 * period_ns]
+
+
+def loss_events(result, merge_s=0.5):
+    """Return the losses of a run grouped in time: ``[(t s, Images, devices, topics)]``.
+
+    *t* counts from the first Image received; holes less than *merge_s* apart are one event
+    (a stalled process loses every topic at once; a slow topic loses on its own).
+    """
+    gaps = sorted(gap for fig in result['topics'].values() for gap in fig['gaps'])
+    events = []
+    for stamp, missing, device, topic in gaps:
+        t = (stamp - result['first_stamp_ns']) * 1e-9
+        if events and t - events[-1][0] < merge_s:
+            events[-1][1] += missing
+            events[-1][2].add(device)
+            events[-1][3].add(topic)
+        else:
+            events.append([t, missing, {device}, {topic}])
+    return events
 
 
 # --- printing --------------------------------------------------------------------------
@@ -545,6 +592,9 @@ def print_run(args, result, label=''):
         print('  lost per device: {0}'.format('; '.join(
             '{0} {1}'.format(topic, fig['lost_by_device'])
             for topic, fig in result['topics'].items())))
+        print('  losses in time (s after the first Image: Images, devices, topics): {0}'.format(
+            '; '.join('{0:.1f}: {1}, {2}, {3}'.format(t, missing, len(devices), len(topics))
+                      for t, missing, devices, topics in loss_events(result))))
     images = max(1, sum(fig['count'] for topic, fig in result['topics'].items()
                         if topic != COLOR_RAW_TOPIC[0]))
     captures = max(1, depth['count'])
@@ -580,6 +630,23 @@ def summary(result):
             'CPU client ms': result['cpu']['client'] / images * 1e3,
             'CPU subscriber ms': result['cpu']['subscriber'] / images * 1e3,
             'load': result['load']}
+
+
+def subscriber_env(args, env):
+    """Return the middleware variables of the subscriber, given the nodes' *env*.
+
+    ``{}`` (Fast DDS's defaults, as a user's subscriber has them), or with
+    ``--subscriber-profile`` the nodes' variables with the package's profile unless they
+    choose a configuration of their own.
+    """
+    if not args.subscriber_profile:
+        return {}
+    chosen = dict(env)
+    if not any(name in chosen for name in ('FASTDDS_DEFAULT_PROFILES_FILE',
+                                           'FASTRTPS_DEFAULT_PROFILES_FILE',
+                                           'FASTDDS_BUILTIN_TRANSPORTS')):
+        chosen['FASTDDS_DEFAULT_PROFILES_FILE'] = config_path(FASTDDS_PROFILE)
+    return chosen
 
 
 def configuration_env(spec):
@@ -632,8 +699,9 @@ def main(argv=None):
     parser.add_argument('--env', action='append', default=[], metavar='NAME=VALUE',
                         help='a variable for the node processes (repeatable)')
     parser.add_argument('--subscriber-profile', action='store_true',
-                        help='give the ros subscriber process the middleware variables too '
-                             "(by default it runs with Fast DDS defaults, as a user's would)")
+                        help="the subscriber takes the package's Fast DDS profile (or the "
+                             "nodes' configuration); by default it runs with Fast DDS's "
+                             "defaults, as a user's would")
     parser.add_argument('--threads', action='store_true',
                         help='print the CPU per Image of each thread of each process')
     parser.add_argument('--compare', default=None, metavar='CONFIG,CONFIG',
@@ -658,6 +726,15 @@ def main(argv=None):
     extra = dict(item.split('=', 1) for item in args.env)
 
     print(describe(args), flush=True)
+    if args.subscriber == 'bench' and args.subscriber_profile:
+        # This process's participant: one configuration for every run (read once).
+        if args.compare is not None:
+            parser.error('--subscriber-profile with --compare: use --subscriber ros')
+        os.environ.update(subscriber_env(args, dict(configuration_env(args.profile),
+                                                    **extra)))
+    print('  subscriber middleware: {0}'.format(
+        'as the nodes, or config/{0}'.format(FASTDDS_PROFILE) if args.subscriber_profile
+        else "Fast DDS's defaults"))
     if args.compare is None:
         env = dict(configuration_env(args.profile), **extra)
         print('  middleware: {0}'.format(' '.join(
