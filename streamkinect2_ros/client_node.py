@@ -65,8 +65,8 @@ from .conversions import (camera_info_fields, DEFAULT_COLOR_INTRINSICS,
 from .demo import config_path
 from .kinect2_layout import CalibrationSources, Kinect2Layout, LAYOUT_PARAMETERS
 from .params import declare_all, ParamSpec
-from .rosutil import (check_qos_overrides, create_overridable_publisher, LoopNode,
-                      run_node)
+from .rosutil import (check_qos_overrides, create_overridable_publisher, LogThrottle,
+                      LoopNode, run_node)
 
 __all__ = ['FASTDDS_PROFILE', 'NODE_NAME', 'PARAMETERS', 'STREAMS', 'ClientNode',
            'large_data_profile_env', 'main', 'offered_streams']
@@ -190,7 +190,7 @@ class _Stream(object):
         self.publish_failures = 0
         self.failed_at = None      # monotonic time of the last publishing failure
         self.last_error = None
-        self.failure_logged_at = None
+        self.failure_log = LogThrottle(5.0)
 
     @property
     def publishers(self):
@@ -624,8 +624,7 @@ class ClientNode(LoopNode):
         published.publish_failures += 1
         published.failed_at = now
         published.last_error = '{0}: {1}'.format(type(err).__name__, err)
-        if published.failure_logged_at is None or now - published.failure_logged_at > 5.0:
-            published.failure_logged_at = now
+        if published.failure_log.due():
             self.get_logger().error('Could not publish a {0} frame of {1} ({2} failures so '
                                     'far): {3}'.format(published.stream, device.kinect_id,
                                                        published.publish_failures,

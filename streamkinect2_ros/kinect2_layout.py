@@ -45,7 +45,6 @@ camera_info_manager YAML for the depth camera (:py:class:`CalibrationSources`). 
 import collections
 import os
 import threading
-import time
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -57,7 +56,7 @@ from streamkinect2.registration import Registration
 from .conversions import (fill_camera_info, fill_image, fill_point_cloud, sanitise_name,
                           stamp_from_ns)
 from .params import ParamSpec
-from .rosutil import create_overridable_publisher
+from .rosutil import create_overridable_publisher, LogThrottle
 
 __all__ = ['CalibrationSources', 'DeviceLayout', 'Kinect2Layout',
            'LAYOUT_PARAMETERS', 'OUTPUTS', 'RESOLUTIONS', 'StaticTfPublisher',
@@ -404,14 +403,14 @@ class DeviceLayout(object):
         self._registered = collections.OrderedDict()
         self.counts = collections.Counter()        # outputs published, work done
         self.unmatched = 0
-        self._error_logged_at = None
+        self._error_log = LogThrottle(_LOG_EVERY)
         color = calibration.color
         #: The colour frame sizes taken: the calibration's (hd) and its half (qhd), those a
         #: server sends; frames of another size are refused before decoding (counted).
         self.color_sizes = ((int(color.width), int(color.height)),
                             (int(color.width) // 2, int(color.height) // 2))
         self.refused_color = 0
-        self._refused_logged_at = None
+        self._refused_log = LogThrottle(_LOG_EVERY)
         self._worker = _Worker('kinect2-layout-' + sanitise_name(kinect_id), self._process,
                                self._failed)
 
@@ -489,9 +488,7 @@ class DeviceLayout(object):
     def _refuse_color(self, frame):
         """Count a colour frame of a size the calibration does not describe; say so at times."""
         self.refused_color += 1
-        now = time.monotonic()
-        if self._refused_logged_at is None or now - self._refused_logged_at > _LOG_EVERY:
-            self._refused_logged_at = now
+        if self._refused_log.due():
             (hd_width, hd_height), (qhd_width, qhd_height) = self.color_sizes
             self.node.get_logger().error(
                 'kinect2 layout of device {0}: colour frames of {1}x{2} refused ({3} so far): '
@@ -548,11 +545,9 @@ class DeviceLayout(object):
     # --- worker thread ---------------------------------------------------------------
 
     def _failed(self, kind, err):
-        now = time.monotonic()
         if not self.node.context.ok():
             return
-        if self._error_logged_at is None or now - self._error_logged_at > _LOG_EVERY:
-            self._error_logged_at = now
+        if self._error_log.due():
             self.node.get_logger().error(
                 'kinect2 layout of device {0}: a {1} capture was lost ({2} so far): '
                 '{3}: {4}'.format(self.kinect_id, kind, self._worker.failures,

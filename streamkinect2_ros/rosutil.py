@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 
 from rclpy.node import Node
 import zmq
@@ -17,10 +18,34 @@ from .ioloop import IOLoopThread
 
 __all__ = ['BRIDGED_LOGGERS', 'LoopNode', 'QOS_OVERRIDABLE', 'RosLogHandler',
            'bridge_library_logging', 'check_qos_overrides', 'console_logger',
-           'create_overridable_publisher', 'run_node', 'unbridge_library_logging']
+           'create_overridable_publisher', 'run_node', 'LogThrottle',
+           'unbridge_library_logging']
 
 #: The Python loggers bridged to a node's ROS logger: the library's and this package's.
 BRIDGED_LOGGERS = ('streamkinect2', 'streamkinect2_ros')
+
+
+class LogThrottle(object):
+    """When a recurring error may be logged again: at most once per *period* seconds.
+
+    One per thing that fails (a device's stream, a device's layout), so that a flood of
+    failures is a log line every *period* s, with its count, and one thing's failures do
+    not hide another's.
+    """
+
+    def __init__(self, period=5.0):
+        """Allow a line now, then one per *period* s."""
+        self.period = period
+        self._at = None
+
+    def due(self):
+        """Return True if a line may be logged now (and start the next period)."""
+        now = time.monotonic()
+        if self._at is not None and now - self._at < self.period:
+            return False
+        self._at = now
+        return True
+
 
 #: ``{thread ident: RosLogHandler}``: the threads a node owns (its IOLoop thread). A
 #: record logged on one of them goes to that node alone; any other, to every bridged node.
