@@ -75,10 +75,11 @@ def color_jpeg(width=960, height=540):
 
 
 def color_header(sequence, width=960, height=540, stream='color', paired=True,
-                 codec_id=codec.CODEC_JPEG):
-    """Return the header of a colour message (what a server would send)."""
+                 codec_id=codec.CODEC_JPEG, timestamp_ns=None):
+    """Return the header of a colour message (what a server would send), stamped now."""
     return FrameHeader(codec_id, width, height, frame_flags(stream, paired), sequence,
-                       time.time_ns(), 2000 + sequence, 0)
+                       time.time_ns() if timestamp_ns is None else timestamp_ns,
+                       2000 + sequence, 0)
 
 
 def color_parts(sequence, jpeg=None, **header):

@@ -251,13 +251,93 @@ def test_colour_is_registered_with_the_depth_of_its_own_capture():
 
 # --- end to end -------------------------------------------------------------------------
 
-class Rig(object):
+class LayoutRig(object):
+    """A client node of the server at *endpoint*, the layout on, and a subscriber node.
+
+    ``got`` collects the subscribed topics; ``values`` (``diagnostics``: None until then)
+    the latest diagnostic values of device *device*, or of any device with layout figures
+    when *device* is None; ``device`` is its id. *params* are the node's, over these.
+    """
+
+    def __init__(self, endpoint, prefix, device=None, **params):
+        """Start the node and the subscriber."""
+        self.namespace = '/' + ros_helpers.unique(prefix)
+        self.base = self.namespace + '/kinect2/'
+        values = {'server_endpoint': endpoint, 'kinect2_layout': 'true', 'streams': '[depth]',
+                  'qos_reliability': 'reliable', 'diagnostics_period': 0.3}
+        values.update(params)
+        self.client = ros_helpers.NodeProcess('client_node', values, CLIENT_YAML,
+                                              self.namespace)
+        self.sub = ros_helpers.TestSubscriber()
+        self.device = device
+        self._any_device = device is None
+        self.diagnostics = None
+        self.values = {}
+        self.got = {}
+        self._subs = {}
+        self.sub.node.create_subscription(diagnostic_msgs.DiagnosticArray, '/diagnostics',
+                                          self._on_diagnostics, 10)
+
+    def _on_diagnostics(self, msg):
+        for status in msg.status:
+            values = {value.key: value.value for value in status.values}
+            if NODE_NAME in status.name and ('kinect2_jobs' in values if self._any_device
+                                             else status.hardware_id == self.device):
+                self.device = status.hardware_id
+                self.diagnostics = self.values = values
+
+    def figure(self, key):
+        """Return one of the layout's figures from the latest diagnostics (int)."""
+        return int(self.diagnostics['kinect2_' + key.replace('/', '_')])
+
+    def value(self, key):
+        """Return diagnostic value *key* as an int (0 until it is there)."""
+        return int(self.values.get(key, 0))
+
+    def subscribe(self, *topics):
+        """Subscribe to layout outputs (``'qhd/points'``) or device topics (``'/…'``)."""
+        from sensor_msgs.msg import Image
+        for topic in topics:
+            self.got[topic] = []
+            if topic.startswith('/'):
+                name, kind = '{0}/{1}{2}'.format(self.namespace, self.device, topic), Image
+            else:
+                name, kind = self.base + topic, OUTPUTS[topic]
+            self._subs[topic] = self.sub.node.create_subscription(
+                kind, name, self.got[topic].append, RELIABLE)
+
+    def unsubscribe_all(self):
+        """Destroy every subscription of :py:meth:`subscribe`."""
+        for subscription in self._subs.values():
+            self.sub.node.destroy_subscription(subscription)
+        self._subs.clear()
+
+    def spin(self, seconds):
+        """Spin the subscriber for *seconds*."""
+        deadline = time.monotonic() + seconds
+        self.sub.spin_until(lambda: time.monotonic() > deadline, seconds + 1.0)
+
+    def close(self):
+        """Stop the node and the subscriber."""
+        try:
+            self.sub.close()
+        finally:
+            self.client.close()
+
+    def __enter__(self):
+        """Return the rig."""
+        return self
+
+    def __exit__(self, *exc):
+        """Close the rig."""
+        self.close()
+
+
+class Rig(LayoutRig):
     """The module's mock server (replaying the rgbd captures) and layout client node."""
 
     def __init__(self):
         """Start the server, the client and a subscriber node."""
-        self.namespace = '/' + ros_helpers.unique('k')
-        self.base = self.namespace + '/kinect2/'
         port = ros_helpers.free_port()
         code = 'import sys; from streamkinect2.tools import mock_server_main; ' \
                'sys.exit(mock_server_main())'
@@ -266,55 +346,27 @@ class Rig(object):
              '--name', ros_helpers.unique('layout '), '--control-port', str(port),
              '--fps', '10', '--replay', RECORDING, '--color-resolution', 'qhd'],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ros_helpers.node_env())
-        self.client = ros_helpers.NodeProcess('client_node', {
-            'server_endpoint': 'tcp://{0}:{1}'.format(LOOPBACK, port), 'streams': '[depth]',
-            'kinect2_layout': 'true', 'calib_path': RGBD, 'qos_reliability': 'reliable',
-            'diagnostics_period': 0.3, 'log_period': 1.0, 'response_timeout': 2.0,
-            'reconnect_period': 0.5}, CLIENT_YAML, self.namespace)
-        self.sub = ros_helpers.TestSubscriber()
-        self.diagnostics = None
-        self.device = None
-        self.sub.node.create_subscription(diagnostic_msgs.DiagnosticArray, '/diagnostics',
-                                          self._on_diagnostics, 10)
-        self.got = {}
-        self._subs = {}
+        try:
+            super().__init__('tcp://{0}:{1}'.format(LOOPBACK, port), 'k', calib_path=RGBD,
+                             log_period=1.0, response_timeout=2.0, reconnect_period=0.5)
+        except BaseException:
+            self._stop_server()
+            raise
 
-    def _on_diagnostics(self, msg):
-        for status in msg.status:
-            values = {value.key: value.value for value in status.values}
-            if NODE_NAME in status.name and 'kinect2_jobs' in values:
-                self.device = status.hardware_id
-                self.diagnostics = values
-
-    def figure(self, key):
-        """Return one of the layout's figures from the latest diagnostics (int)."""
-        return int(self.diagnostics['kinect2_' + key.replace('/', '_')])
-
-    def subscribe(self, *outputs):
-        """Subscribe to layout *outputs* (``'qhd/points'``...), collecting into ``got``."""
-        for output in outputs:
-            self.got[output] = []
-            self._subs[output] = self.sub.node.create_subscription(
-                OUTPUTS[output], self.base + output, self.got[output].append, RELIABLE)
-
-    def unsubscribe_all(self):
-        """Destroy every layout subscription."""
-        for subscription in self._subs.values():
-            self.sub.node.destroy_subscription(subscription)
-        self._subs.clear()
+    def _stop_server(self):
+        self.server.terminate()
+        try:
+            self.server.wait(10)
+        except subprocess.TimeoutExpired:
+            self.server.kill()
+            self.server.wait(5)
 
     def close(self):
         """Stop everything."""
         try:
-            self.sub.close()
-            self.client.close()
+            super().close()
         finally:
-            self.server.terminate()
-            try:
-                self.server.wait(10)
-            except subprocess.TimeoutExpired:
-                self.server.kill()
-                self.server.wait(5)
+            self._stop_server()
 
 
 @pytest.fixture(scope='module')
@@ -513,80 +565,26 @@ def test_sd_and_qhd_topics(rig, recorded):
 
 # --- colour from a hostile server ---------------------------------------------------------
 
-class HostileRig(object):
+class HostileRig(LayoutRig):
     """A client node with the layout on, fed by a :py:class:`FakeServer` in this process.
 
-    The fake streams depth (the mock's frames) and colour; ``send_color`` sends any
-    colour message. ``got`` collects the subscribed topics, ``values`` the device's
-    latest diagnostic values.
+    The fake streams depth (the mock's frames) and colour of device ``dev``; the test
+    sends any colour message through it.
     """
 
     def __init__(self, fake, **params):
         """Start the node (streams:=[depth] unless *params* say otherwise) and a subscriber."""
-        self.namespace = '/' + ros_helpers.unique('h')
-        self.base = self.namespace + '/kinect2/'
-        values = {'server_endpoint': fake.endpoint, 'kinect2_layout': 'true',
-                  'streams': '[depth]', 'qos_reliability': 'reliable',
-                  'diagnostics_period': 0.3, 'log_period': 60.0, 'response_timeout': 1.0,
-                  'reconnect_period': 0.2}
+        values = {'log_period': 60.0, 'response_timeout': 1.0, 'reconnect_period': 0.2}
         values.update(params)
         self.fake = fake
-        self.client = ros_helpers.NodeProcess('client_node', values, CLIENT_YAML,
-                                              self.namespace)
-        self.sub = ros_helpers.TestSubscriber()
-        self.values = {}
-        self.got = {}
-        self.sub.node.create_subscription(diagnostic_msgs.DiagnosticArray, '/diagnostics',
-                                          self._on_diagnostics, 10)
-
-    def _on_diagnostics(self, msg):
-        for status in msg.status:
-            if NODE_NAME in status.name and status.hardware_id == 'dev':
-                self.values = {value.key: value.value for value in status.values}
-
-    def subscribe(self, *topics):
-        """Subscribe to layout outputs (``'hd/image_color'``) or device topics (``'/…'``)."""
-        from sensor_msgs.msg import Image
-        for topic in topics:
-            self.got[topic] = []
-            if topic.startswith('/'):
-                name, kind = self.namespace + '/dev' + topic, Image
-            else:
-                name, kind = self.base + topic, OUTPUTS[topic]
-            self.sub.node.create_subscription(kind, name, self.got[topic].append, RELIABLE)
-
-    def value(self, key):
-        """Return diagnostic value *key* as an int (0 until it is there)."""
-        return int(self.values.get(key, 0))
-
-    def spin(self, seconds):
-        """Spin the subscriber for *seconds*."""
-        deadline = time.monotonic() + seconds
-        self.sub.spin_until(lambda: time.monotonic() > deadline, seconds + 1.0)
-
-    def close(self):
-        """Stop the node and the subscriber."""
-        try:
-            self.sub.close()
-        finally:
-            self.client.close()
-
-    def __enter__(self):
-        """Return the rig."""
-        return self
-
-    def __exit__(self, *exc):
-        """Close the rig."""
-        self.close()
+        super().__init__(fake.endpoint, 'h', device='dev', **values)
 
 
 def colour_message(sequence, jpeg, width, height, stamp_ns):
     """Return the parts of an unpaired colour message of *jpeg*, header *width* x *height*."""
-    from streamkinect2.codec import CODEC_JPEG
-    from streamkinect2.protocol import frame_flags, FrameHeader, FrameMessage
-    header = FrameHeader(CODEC_JPEG, width, height, frame_flags('color', False), sequence,
-                         stamp_ns, 0, 0)
-    return [bytes(part) for part in FrameMessage.build(header, jpeg).parts]
+    from test_client_hostile import color_parts
+    return color_parts(sequence, jpeg, width=width, height=height, paired=False,
+                       timestamp_ns=stamp_ns)
 
 
 def test_colour_the_layout_cannot_use_is_refused_counted_and_said_once():
