@@ -337,7 +337,7 @@ class Run(object):
         # here, about 1 run in 3 lost one 0.1 to 0.4 s stretch of every topic of every
         # device at once, 0.4 to 0.7 s after the first Image, its subscriber idle and
         # waiting (4 devices, depth + IR + qhd colour; also seen with 1 device); with 3 s,
-        # none in 12 runs.
+        # none in 25 runs (README).
         self.spin(SETTLE_S)
 
     def _on_diagnostics(self, msg):
