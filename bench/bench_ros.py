@@ -5,6 +5,7 @@
                               [--color-resolution hd|qhd] [--color-quality Q]
                               [--replay NPZ | --synthetic]
                               [--subscriber bench|ros] [--reliable] [--stagger]
+                              [--settle SECONDS] [--subscriber-profile]
                               [--profile shipped|none|FILE] [--env NAME=VALUE ...]
                               [--compare CONFIG,CONFIG,... [--runs 3]] [--threads]
 
@@ -79,7 +80,7 @@ DEFAULT_RGBD = os.path.join(DATA, 'rgbd', 'kinect2_sync_rgbd.npz')
 MIDDLEWARE_VARIABLES = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE',
                         'FASTDDS_BUILTIN_TRANSPORTS', 'SKIP_DEFAULT_XML_FILE',
                         'RMW_FASTRTPS_PUBLICATION_MODE', 'RMW_FASTRTPS_USE_QOS_FROM_XML')
-#: Seconds between every subscription matching and the first capture.
+#: Seconds between every subscription matching and the first capture (``--settle``).
 SETTLE_S = 3.0
 #: The server process reads its replay from this variable (JSON).
 REPLAY_VARIABLE = 'STREAMKINECT2_BENCH_REPLAY'
@@ -334,11 +335,11 @@ class Run(object):
         self.spin_until(matched, 60.0, 'the client node publishing every topic with its '
                         'subscriber')
         # Discovery both ways (the writers match the readers too) and settling: with 1 s
-        # here, about 1 run in 3 lost one 0.1 to 0.4 s stretch of every topic of every
+        # here, 1 run in 3 to 1 in 11 lost one 0.1 to 0.4 s stretch of every topic of every
         # device at once, 0.4 to 0.7 s after the first Image, its subscriber idle and
         # waiting (4 devices, depth + IR + qhd colour; also seen with 1 device); with 3 s,
         # none in 25 runs (README).
-        self.spin(SETTLE_S)
+        self.spin(args.settle)
 
     def _on_diagnostics(self, msg):
         for status in msg.status:
@@ -702,6 +703,9 @@ def main(argv=None):
                         help="the subscriber takes the package's Fast DDS profile (or the "
                              "nodes' configuration); by default it runs with Fast DDS's "
                              "defaults, as a user's would")
+    parser.add_argument('--settle', type=float, default=SETTLE_S, metavar='SECONDS',
+                        help='seconds between the subscriptions matching and the first '
+                             'capture (default: %(default)s; see docs/ros.md on 1 s)')
     parser.add_argument('--threads', action='store_true',
                         help='print the CPU per Image of each thread of each process')
     parser.add_argument('--compare', default=None, metavar='CONFIG,CONFIG',
