@@ -37,6 +37,8 @@ NODE_NAME = 'streamkinect2_client'
 CLIENT_YAML = os.path.join(ros_helpers.CONFIG, 'client.yaml')
 RGBD = os.path.join(os.path.dirname(ros_helpers.REPO), 'shared', 'data', 'rgbd')
 RECORDING = os.path.join(RGBD, 'kinect2_sync_rgbd.npz')
+#: The tests of the real sensor's calibration files and captures (../shared/data/rgbd).
+needs_rgbd = pytest.mark.skipif(not os.path.exists(RECORDING), reason='no ' + RECORDING)
 TF_WARNING = 'tf2_msgs is not importable'
 RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
                       reliability=ReliabilityPolicy.RELIABLE,
@@ -131,6 +133,7 @@ def write_camera_info(path, fx=370.0, width=512, height=424):
             '  cols: 5\n  data: [0.1, -0.2, 0.001, 0.002, 0.05]\n'.format(fx, width, height))
 
 
+@needs_rgbd
 def test_calibration_sources(tmp_path):
     # A folder per device (kinect2_bridge's calib_path + sensor), found by device id or
     # its sanitised name; other devices keep their own values.
@@ -176,6 +179,7 @@ def corrupt(path, old, new):
         stream.write(text.replace(old, new))
 
 
+@needs_rgbd
 @pytest.mark.parametrize('case', ['calib_pose', 'camera_info'])
 def test_a_bad_calibration_file_stops_the_node_with_one_clear_error(tmp_path, case):
     if case == 'calib_pose':
@@ -389,6 +393,7 @@ def recorded():
     return registration, rects, ir
 
 
+@needs_rgbd
 def test_nothing_is_computed_while_nobody_subscribes(rig):
     rig.sub.spin_until(lambda: rig.diagnostics is not None
                        and int(rig.diagnostics.get('published', 0)) >= 5, 60.0,
@@ -455,6 +460,7 @@ def recorded_index(rects, depth):
     raise AssertionError('a published depth_rect that no recorded capture makes')
 
 
+@needs_rgbd
 def test_sd_and_qhd_topics(rig, recorded):
     registration, rects, ir = recorded
     sd_frame, rgb_frame = 'kinect2_ir_optical_frame', 'kinect2_rgb_optical_frame'
